@@ -1,0 +1,1 @@
+"""Shoal: a PostgreSQL-backed job queue whose workers scale themselves."""
