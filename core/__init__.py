@@ -1,1 +1,10 @@
 """Shoal: a PostgreSQL-backed job queue whose workers scale themselves."""
+
+from shoal.client import Client, JobResult, NewJob, enqueue, enqueue_many
+from shoal.errors import PermanentError, ShoalError, UnknownQueueError, ValidationError
+from shoal.tasks import Job, task
+
+__all__ = [
+    "Client", "Job", "JobResult", "NewJob", "PermanentError", "ShoalError", "UnknownQueueError",
+    "ValidationError", "enqueue", "enqueue_many", "task",
+]

@@ -58,19 +58,22 @@ class EmbeddedPostgres:
         from pgserver.utils import ensure_user_exists  # type: ignore[attr-defined]
 
         entry = ensure_user_exists(_SYSTEM_USER)
+        assert entry is not None
         return {"user": entry.pw_uid, "group": entry.pw_gid}
 
     def _prepare_root_permissions(self) -> None:
         if os.geteuid() != 0:
             return
+        import stat
+
         from pgserver.utils import (  # type: ignore[attr-defined]
             ensure_folder_permissions,
             ensure_prefix_permissions,
             ensure_user_exists,
         )
-        import stat
 
         entry = ensure_user_exists(_SYSTEM_USER)
+        assert entry is not None
         bins = _bin_dir()
         ensure_prefix_permissions(self.data_dir)
         ensure_prefix_permissions(bins)

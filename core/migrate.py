@@ -1,0 +1,90 @@
+"""Forward-only schema migrations from the packaged `shoal.sql` files.
+
+Several pods may run `shoal migrate` at once (every worker's init container, the Helm
+hook, the operator): a session advisory lock makes them take turns, and each file is
+applied in its own transaction and recorded, so reruns are no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger("shoal.migrate")
+
+# pg_advisory_lock key: the bytes "shoalmig" read as a big-endian integer.
+_LOCK_KEY = int.from_bytes(b"shoalmig", "big") & 0x7FFF_FFFF_FFFF_FFFF
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+_BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS shoal;
+CREATE TABLE IF NOT EXISTS shoal.migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available() -> list[Migration]:
+    """The migrations shipped in the package, in order."""
+    found = []
+    for entry in resources.files("shoal.sql").iterdir():
+        m = _FILE.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 001, 002, … without gaps; found {versions}")
+    return found
+
+
+async def migrate(database_url: str) -> list[int]:
+    """Apply every pending migration; returns the versions applied by this call."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await migrate_connection(conn)
+    finally:
+        await conn.close()
+
+
+async def migrate_connection(conn: asyncpg.Connection) -> list[int]:
+    applied_now: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(_BOOTSTRAP)
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM shoal.migrations")}
+        for mig in available():
+            if mig.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(mig.sql)
+                await conn.execute(
+                    "INSERT INTO shoal.migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
+                )
+            log.info("applied migration", extra={"version": mig.version, "migration": mig.name})
+            applied_now.append(mig.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    return applied_now
+
+
+async def pending(conn: asyncpg.Connection) -> list[int]:
+    """Versions not yet applied: workers refuse to start on an old schema."""
+    exists = await conn.fetchval("SELECT to_regclass('shoal.migrations') IS NOT NULL")
+    done = set()
+    if exists:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM shoal.migrations")}
+    return [m.version for m in available() if m.version not in done]

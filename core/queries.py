@@ -1,0 +1,108 @@
+"""Every SQL statement the runtime sends, in one place (River's rule).
+
+The heavy lifting lives in SQL functions created by the migrations in `sql/`;
+these are the calls to them plus a few reads. All values travel as parameters.
+"""
+
+from __future__ import annotations
+
+# --- enqueue ------------------------------------------------------------------
+ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $6, $7)"
+
+# --- worker -------------------------------------------------------------------
+CLAIM = "SELECT id, task, payload, attempts, max_attempts, run_at FROM shoal.claim($1, $2, $3, $4)"
+COMPLETE = "SELECT shoal.complete($1, $2, $3, $4, $5, $6)"
+HEARTBEAT = "SELECT shoal.heartbeat($1, $2, $3, $4) AS id"
+RESCUE = "SELECT shoal.rescue($1)"
+RELEASE = "SELECT shoal.release($1, $2)"
+PRUNE = "SELECT shoal.prune($1)"
+TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+SCHEMA_READY = "SELECT to_regclass('shoal.jobs') IS NOT NULL"
+
+# --- queues -------------------------------------------------------------------
+QUEUE_GET = """
+SELECT name, paused, concurrency_limit, rate_limit,
+       extract(epoch FROM rate_period)::integer AS rate_period_seconds,
+       max_attempts,
+       extract(epoch FROM keep_succeeded)::integer AS keep_succeeded_seconds,
+       extract(epoch FROM keep_failed)::integer AS keep_failed_seconds
+  FROM shoal.queues WHERE name = $1
+"""
+QUEUE_LIST = """
+SELECT name, paused, concurrency_limit, rate_limit,
+       extract(epoch FROM rate_period)::integer AS rate_period_seconds,
+       max_attempts,
+       extract(epoch FROM keep_succeeded)::integer AS keep_succeeded_seconds,
+       extract(epoch FROM keep_failed)::integer AS keep_failed_seconds
+  FROM shoal.queues ORDER BY name
+"""
+QUEUE_UPSERT = """
+INSERT INTO shoal.queues AS q (name, paused, concurrency_limit, rate_limit, rate_period, max_attempts,
+                               keep_succeeded, keep_failed)
+VALUES ($1, $2, $3, $4, make_interval(secs => $5), $6, make_interval(secs => $7), make_interval(secs => $8))
+ON CONFLICT (name) DO UPDATE SET
+    paused = EXCLUDED.paused,
+    concurrency_limit = EXCLUDED.concurrency_limit,
+    rate_limit = EXCLUDED.rate_limit,
+    rate_period = EXCLUDED.rate_period,
+    max_attempts = EXCLUDED.max_attempts,
+    keep_succeeded = EXCLUDED.keep_succeeded,
+    keep_failed = EXCLUDED.keep_failed,
+    updated_at = now()
+"""
+QUEUE_SET_PAUSED = "UPDATE shoal.queues SET paused = $2, updated_at = now() WHERE name = $1 RETURNING name"
+QUEUE_NOTIFY = "SELECT pg_notify('shoal_jobs', $1)"
+QUEUE_DELETE_JOBS = "DELETE FROM shoal.jobs WHERE queue = $1"
+QUEUE_DELETE = "DELETE FROM shoal.queues WHERE name = $1"
+
+# --- counts -------------------------------------------------------------------
+READY_COUNT = "SELECT shoal.ready_count($1, $2)"
+RUNNING_COUNT = "SELECT shoal.running_count($1, $2)"
+READY_AND_RUNNING = "SELECT shoal.ready_count($1, $2) AS ready, shoal.running_count($1, $2) AS running"
+STATE_COUNTS = """
+SELECT q.name AS queue,
+       count(j.id) FILTER (WHERE j.state = 'pending' AND j.run_at <= now()) AS ready,
+       count(j.id) FILTER (WHERE j.state = 'pending' AND j.run_at > now()) AS scheduled,
+       count(j.id) FILTER (WHERE j.state = 'running') AS running,
+       count(j.id) FILTER (WHERE j.state = 'succeeded') AS succeeded,
+       count(j.id) FILTER (WHERE j.state = 'failed') AS failed,
+       count(j.id) FILTER (WHERE j.state = 'cancelled') AS cancelled
+  FROM shoal.queues q LEFT JOIN shoal.jobs j ON j.queue = q.name
+ WHERE ($1::text IS NULL OR q.name = $1)
+ GROUP BY q.name ORDER BY q.name
+"""
+
+# --- jobs ---------------------------------------------------------------------
+JOB_GET = """
+SELECT id, queue, task, payload, state::text AS state, priority, run_at, attempts, max_attempts,
+       last_error, worker_id, unique_key, created_at, started_at, finished_at
+  FROM shoal.jobs WHERE id = $1
+"""
+JOBS_FINAL = """
+SELECT id, state::text AS state, attempts, last_error, finished_at
+  FROM shoal.jobs WHERE id = ANY($1) AND state IN ('succeeded', 'failed', 'cancelled')
+"""
+JOBS_EXISTING = "SELECT id FROM shoal.jobs WHERE id = ANY($1)"
+JOBS_LAST_ID = "SELECT coalesce((SELECT last_value FROM shoal.jobs_id_seq WHERE is_called), 0)"
+JOBS_LIST = """
+SELECT id, queue, task, state::text AS state, priority, run_at, attempts, max_attempts, last_error,
+       created_at, finished_at
+  FROM shoal.jobs
+ WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2::shoal.job_state)
+ ORDER BY id DESC LIMIT $3
+"""
+JOBS_ALL_FAILED = "SELECT id FROM shoal.jobs WHERE state = 'failed' AND ($1::text IS NULL OR queue = $1)"
+JOBS_CANCEL = "SELECT id, state::text AS state FROM shoal.cancel($1)"
+JOBS_RETRY = "SELECT shoal.retry AS id FROM shoal.retry($1)"
+
+# --- cron ---------------------------------------------------------------------
+CRON_TICK_CLAIM = """
+INSERT INTO shoal.cron_ticks (cron_name, tick) VALUES ($1, $2)
+ON CONFLICT DO NOTHING RETURNING tick
+"""
+CRON_TICK_SET_JOB = "UPDATE shoal.cron_ticks SET job_id = $3 WHERE cron_name = $1 AND tick = $2"
+CRON_LAST_JOB_LIVE = """
+SELECT j.id FROM shoal.cron_ticks t JOIN shoal.jobs j ON j.id = t.job_id
+ WHERE t.cron_name = $1 AND j.state IN ('pending', 'running')
+ ORDER BY t.tick DESC LIMIT 1
+"""
