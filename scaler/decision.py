@@ -1,0 +1,396 @@
+"""The scaling decision: how many worker replicas a queue should have right now.
+
+This module is a pure function plus the values it consumes and returns. It performs no I/O
+and never reads a clock: the caller measures the queue, passes the time in, and keeps the
+returned `ScalerState` for the next tick. That makes every rule testable tick by tick and
+lets the same decision drive a Kubernetes Deployment (the operator) and local worker
+processes (`shoal up`).
+
+The model, in order (see docs/autoscaling.md for a worked example):
+
+1. **Need.** ``ceil((ready + running) / target_per_replica)``. Running jobs count as work:
+   a scaler that counts only pending rows sees an empty backlog the moment workers are
+   saturated, scales down, the backlog grows again, and it flaps.
+2. **Useful.** Replicas that the queue's global concurrency cap or rate limit would leave
+   idle are never added (see `useful_replicas`).
+3. **Bounds.** Clamp to ``[max(min_replicas, 1), max_replicas]``; zero is a separate state,
+   reachable only with ``scale_to_zero``.
+4. **Stabilize.** Scale up at once. Scale down only to the highest recommendation seen in
+   the last ``scale_down_delay`` seconds (the HPA's scale-down stabilization window), so a
+   brief dip never removes pods that the next second needs again.
+5. **Zero.** Only when allowed and the queue has had no ready and no running job for the
+   whole delay. Any ready job wakes it at once, and the window keeps it awake for a full
+   delay afterwards: it never flaps around zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from shoal.errors import ValidationError
+
+Direction = Literal["up", "down", "none"]
+
+# Float noise guard for ceil(): 3.0000000000004 useful replicas is 3, not 4.
+_EPSILON = 1e-9
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    """Exact integer ceiling division (no float rounding on large backlogs)."""
+    return -(-numerator // denominator)
+
+
+# Bound for float ratios before ceil(), so a near-zero throughput cannot overflow an int.
+_HUGE = 1_000_000_000
+
+
+def _ceil_float(value: float) -> int:
+    """Ceil of a non-negative float ratio, at least 1 and at most _HUGE."""
+    return max(1, math.ceil(min(value, float(_HUGE)) - _EPSILON))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value >= 10 else f"{value:.3g} s"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation:
+    """What was measured on this tick.
+
+    `ready` may come from a bounded count (``LIMIT n``) so that measuring stays cheap on a
+    huge backlog; `ready_capped` says the bound was hit, i.e. the true backlog is at least
+    `ready`. `current_replicas` must be the replica count last *requested* (the scale
+    subresource's ``spec.replicas``, or the number of local worker processes wanted), not
+    the number of ready pods: pods that are still starting would otherwise look like a
+    shortfall and be asked for again. `now` is any monotonic clock in seconds; only
+    differences matter. `throughput` is jobs/s completed recently, or None when unknown.
+    """
+
+    ready: int
+    running: int
+    current_replicas: int
+    now: float
+    ready_capped: bool = False
+    throughput: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ready", "running", "current_replicas"):
+            if getattr(self, name) < 0:
+                raise ValidationError(name, "must be >= 0")
+        if not math.isfinite(self.now):
+            raise ValidationError("now", "must be a finite number of seconds")
+        if self.throughput is not None and not (math.isfinite(self.throughput) and self.throughput >= 0):
+            raise ValidationError("throughput", "must be a finite number of jobs/s >= 0, or None")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """A queue's autoscaling knobs; the defaults are the Queue CRD's ``spec.autoscaling`` defaults.
+
+    `concurrency` is how many jobs one pod runs at once. `target_per_replica` is how many
+    jobs in the system (ready + running) one replica should account for; None means
+    `concurrency`, i.e. "enough pods that every job could be running now". A higher value
+    trades latency for fewer pods. `rate_limit` (jobs/s) and `concurrency_limit` (jobs
+    running at once, across all pods) are the queue's global limits, used only to avoid
+    adding replicas that could not get work. Expected job duration is deliberately not a
+    knob: it is rarely known up front, and when it matters (rate limits) it is estimated
+    from what is measured.
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+    concurrency: int = 1
+    target_per_replica: int | None = None
+    scale_down_delay: float = 60.0
+    scale_to_zero: bool = False
+    rate_limit: float | None = None
+    concurrency_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise ValidationError("minReplicas", "must be >= 0")
+        if self.max_replicas < 1:
+            raise ValidationError("maxReplicas", "must be >= 1")
+        if self.max_replicas < self.min_replicas:
+            raise ValidationError("maxReplicas", f"must be >= minReplicas ({self.min_replicas})")
+        if self.concurrency < 1:
+            raise ValidationError("concurrency", "must be >= 1")
+        if self.target_per_replica is not None and self.target_per_replica < 1:
+            raise ValidationError("targetPerReplica", "must be >= 1")
+        if not (math.isfinite(self.scale_down_delay) and self.scale_down_delay >= 0):
+            raise ValidationError("scaleDownDelaySeconds", "must be a finite number >= 0")
+        if self.rate_limit is not None and not (math.isfinite(self.rate_limit) and self.rate_limit > 0):
+            raise ValidationError("rateLimit", "must be > 0 jobs/s, or None for no limit")
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValidationError("concurrencyLimit", "must be >= 1, or None for no limit")
+
+    @property
+    def target(self) -> int:
+        """Jobs per replica to aim for (`target_per_replica`, defaulting to `concurrency`)."""
+        return self.target_per_replica if self.target_per_replica is not None else self.concurrency
+
+    @property
+    def effective_min(self) -> int:
+        """The lowest replica count the decision may return.
+
+        Without `scale_to_zero` the floor is at least 1 even if `min_replicas` is 0: a queue
+        that must not sleep keeps one worker. With it, 0 is reachable, but only after the
+        idle delay; while the queue has work the floor is ``max(min_replicas, 1)``.
+        """
+        return self.min_replicas if self.scale_to_zero else max(self.min_replicas, 1)
+
+    @property
+    def active_min(self) -> int:
+        """The floor while the queue is not asleep: never below one replica."""
+        return max(self.min_replicas, 1)
+
+    @property
+    def autoscaling_enabled(self) -> bool:
+        """False when there is nothing to decide (minReplicas == maxReplicas, no scale to zero).
+
+        The control loops treat that as "autoscaling off" and leave the replica count to
+        whoever else owns it (an HPA or KEDA, see docs/autoscaling.md). `decide` still
+        answers with that fixed count.
+        """
+        return self.scale_to_zero or self.min_replicas != self.max_replicas
+
+    @classmethod
+    def from_spec(
+        cls,
+        autoscaling: Mapping[str, Any],
+        *,
+        concurrency: int,
+        rate_limit: float | None = None,
+        concurrency_limit: int | None = None,
+    ) -> Policy:
+        """Build a policy from a Queue's ``spec.autoscaling`` (camelCase keys, CRD defaults).
+
+        Unknown keys (such as ``pollIntervalSeconds``, which belongs to the loop, not the
+        decision) are ignored here.
+        """
+        target = autoscaling.get("targetPerReplica")
+        return cls(
+            min_replicas=int(autoscaling.get("minReplicas", 1)),
+            max_replicas=int(autoscaling.get("maxReplicas", 10)),
+            concurrency=concurrency,
+            target_per_replica=None if target is None else int(target),
+            scale_down_delay=float(autoscaling.get("scaleDownDelaySeconds", 60)),
+            scale_to_zero=bool(autoscaling.get("scaleToZero", False)),
+            rate_limit=rate_limit,
+            concurrency_limit=concurrency_limit,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalerState:
+    """What the rule remembers between ticks; start with ``ScalerState()``.
+
+    `recommendations` holds (time, replicas) recommendations from the last
+    `scale_down_delay` seconds, oldest first. Only entries that can still be the window's
+    maximum are kept (an entry followed by a later one at least as high can never be the
+    maximum again), so the tuple is strictly decreasing in value, its first entry is the
+    window's maximum, and its length stays small however often the loop ticks.
+
+    An empty window means "fresh": the loop (re)started and does not know what was
+    recommended before, so the current replica count is taken as if it had just been
+    recommended. A restart therefore delays scale-down by one window instead of dropping
+    pods that the previous process had good reason to keep.
+
+    `idle_since` is when the queue was first seen with no ready and no running job (None
+    while it has work); `last_scale_time` is when a decision last changed the count.
+    """
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+    last_scale_time: float | None = None
+    idle_since: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """The answer for one tick.
+
+    `desired` is the replica count to request; `direction` compares it with the observed
+    current count; `reason` is one human-readable line for Queue status, Events and logs,
+    with the numbers that led to it. `recommendation` is this tick's instantaneous
+    recommendation before the scale-down window was applied (useful as a metric).
+    """
+
+    desired: int
+    reason: str
+    direction: Direction
+    recommendation: int
+
+
+def useful_replicas(obs: Observation, policy: Policy) -> tuple[int | None, str]:
+    """The most replicas the queue's global limits can keep busy, and why; (None, "") if unlimited.
+
+    * Concurrency cap: at most ``concurrency_limit`` jobs run at once across all pods, so
+      ``ceil(concurrency_limit / concurrency)`` pods are enough to run all of them.
+    * Rate limit: useful pods = rate × mean job duration / concurrency. Job duration is
+      not a knob, so it is measured with Little's law (duration = running / throughput).
+      Equivalently, a busy pod completes ``concurrency × throughput / running`` jobs/s and
+      the cap is the rate divided by that per-pod share. This is deliberately *not*
+      ``throughput / current_replicas``: that ratio falls whenever pods are throttled or
+      short of work, and dividing the rate by it would let the cap creep up by a pod per
+      tick while the rate limit is already saturated. While throughput or running is
+      unknown or zero the cap is ``ceil(rate_limit / concurrency)``, which assumes jobs
+      take about a second: an upper bound for faster jobs, and for slower ones a cautious
+      start that is replaced by the measured cap as soon as jobs complete.
+    """
+    caps: list[tuple[int, str]] = []
+    if policy.concurrency_limit is not None:
+        n = _ceil_div(policy.concurrency_limit, policy.concurrency)
+        caps.append(
+            (
+                n,
+                f"concurrency limit {policy.concurrency_limit} fills "
+                f"{_plural(n, 'replica')} at {policy.concurrency}/replica",
+            )
+        )
+    if policy.rate_limit is not None:
+        rate = policy.rate_limit
+        if obs.throughput and obs.running > 0:
+            per_pod = policy.concurrency * obs.throughput / obs.running
+            n = _ceil_float(rate / per_pod)
+            why = f"rate limit {rate:g}/s at {per_pod:.3g}/s per busy replica fills {_plural(n, 'replica')}"
+        else:
+            n = _ceil_float(rate / policy.concurrency)
+            why = (
+                f"rate limit {rate:g}/s with job duration not yet measured allows "
+                f"{_plural(n, 'replica')} at {policy.concurrency}/replica"
+            )
+        caps.append((n, why))
+    if not caps:
+        return None, ""
+    return min(caps, key=lambda cap: cap[0])
+
+
+def _recommend(obs: Observation, policy: Policy) -> tuple[int, str]:
+    """This tick's recommendation (no memory) and the sentence explaining it."""
+    target = policy.target
+    need = _ceil_div(obs.ready + obs.running, target)
+    ready = f"≥{obs.ready}" if obs.ready_capped else str(obs.ready)
+    why = f"{ready} ready + {obs.running} running need {_plural(need, 'replica')} at {target}/replica"
+    rec = need
+    if obs.ready_capped and rec < obs.current_replicas:
+        # The count hit its bound: the backlog is larger than measured, so this figure is a
+        # lower bound on the need. A lower bound can justify scaling up, never down.
+        rec = obs.current_replicas
+        why += f"; backlog is only a lower bound, keeping {obs.current_replicas}"
+    if rec > policy.max_replicas:
+        rec = policy.max_replicas
+        why += f"; maxReplicas is {policy.max_replicas}"
+    cap, cap_why = useful_replicas(obs, policy)
+    if cap is not None and rec > cap:
+        rec = cap
+        why += f"; {cap_why}"
+    if rec == 0 and policy.scale_to_zero:
+        return 0, why
+    if rec < policy.active_min:
+        # minReplicas wins over the usefulness caps: the user asked for those pods.
+        rec = policy.active_min
+        why += f"; minimum is {policy.active_min}"
+    return rec, why
+
+
+def _window(
+    previous: tuple[tuple[float, int], ...], now: float, value: int, delay: float
+) -> tuple[tuple[float, int], ...]:
+    """Add (now, value) to the scale-down window and drop what can no longer be its maximum."""
+    kept = [(t, v) for t, v in previous if now - t < delay]
+    while kept and kept[-1][1] <= value:
+        kept.pop()
+    kept.append((now, value))
+    return tuple(kept)
+
+
+def _clamp_existing(replicas: int, policy: Policy) -> int:
+    """An existing replica count brought within the policy's bounds (0 kept if allowed)."""
+    if replicas == 0 and policy.scale_to_zero:
+        return 0
+    return min(max(replicas, policy.active_min), policy.max_replicas)
+
+
+def decide(obs: Observation, policy: Policy, state: ScalerState) -> tuple[Decision, ScalerState]:
+    """Decide the desired replica count for this tick; return it with the state for the next.
+
+    Up: to this tick's recommendation at once (HPA semantics: a scale-up follows the
+    current recommendation, not an older peak). Down: to the highest recommendation in
+    the last `scale_down_delay` seconds, so the count never drops below anything
+    recommended within the delay. Between the two, the current count is held. Zero
+    additionally needs the queue to have been idle for the whole delay, which guards
+    against sparse ticks (e.g. a loop that stalled) where the window alone proves nothing.
+    """
+    now = obs.now
+    current = obs.current_replicas
+    delay = policy.scale_down_delay
+    rec, why = _recommend(obs, policy)
+
+    idle = obs.ready == 0 and obs.running == 0 and not obs.ready_capped
+    idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+
+    previous = state.recommendations or ((now, _clamp_existing(current, policy)),)
+    window = _window(previous, now, rec, delay)
+    peak_time, peak = window[0]
+
+    desired = min(max(current, rec), peak)
+    waiting_for_idle = False
+    if desired == 0 and current > 0 and (idle_since is None or now - idle_since < delay):
+        # The window says zero, but the queue has not been *seen* idle for the whole delay
+        # (first tick, or ticks further apart than the delay): go no lower than one
+        # replica yet. One, not the current count, so that a single ready job never asks
+        # for fewer replicas than an empty queue (the decision stays monotonic in backlog).
+        desired = 1
+        waiting_for_idle = True
+    desired = _clamp_existing(desired, policy)
+
+    direction: Direction
+    if waiting_for_idle and idle_since is not None:
+        direction = "down" if desired < current else "up" if desired > current else "none"
+        step = f"{current}→{desired}" if direction != "none" else str(current)
+        verb = {"down": "scale down", "up": "scale up", "none": "hold"}[direction]
+        reason = (
+            f"{verb} {step}: queue idle for {_seconds(now - idle_since)}; "
+            f"scale to zero after {_seconds(delay)}"
+        )
+    elif desired > current:
+        direction = "up"
+        verb = "wake from zero" if current == 0 else "scale up"
+        reason = f"{verb} {current}→{desired}: {why}"
+    elif desired < current:
+        direction = "down"
+        if desired == 0:
+            idle_for = now - idle_since if idle_since is not None else 0.0
+            reason = (
+                f"scale to zero {current}→0: queue idle for {_seconds(idle_for)} (delay {_seconds(delay)})"
+            )
+        else:
+            reason = f"scale down {current}→{desired}: {why}"
+            if peak > rec:
+                reason += f"; highest recommendation in the last {_seconds(delay)} is {peak}"
+    else:
+        direction = "none"
+        if rec < desired:
+            reason = (
+                f"hold {current}: {why}; scale-down waits until {peak} recommended "
+                f"{_seconds(now - peak_time)} ago is older than {_seconds(delay)}"
+            )
+        elif desired == 0:
+            reason = f"asleep at 0: {why}"
+        else:
+            reason = f"steady at {current}: {why}"
+
+    new_state = replace(
+        state,
+        recommendations=window,
+        idle_since=idle_since,
+        last_scale_time=now if direction != "none" else state.last_scale_time,
+    )
+    return Decision(desired=desired, reason=reason, direction=direction, recommendation=rec), new_state
