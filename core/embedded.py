@@ -14,10 +14,14 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import ConfigError
+
+# pgserver warns on import when XDG_RUNTIME_DIR is unset (containers, CI); we never use that dir.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 _SYSTEM_USER = "pgserver"  # PostgreSQL refuses to run as root; pgserver's convention.
 

@@ -93,7 +93,7 @@ SELECT id, queue, task, state::text AS state, priority, run_at, attempts, max_at
 """
 JOBS_ALL_FAILED = "SELECT id FROM shoal.jobs WHERE state = 'failed' AND ($1::text IS NULL OR queue = $1)"
 JOBS_CANCEL = "SELECT id, state::text AS state FROM shoal.cancel($1)"
-JOBS_RETRY = "SELECT shoal.retry AS id FROM shoal.retry($1)"
+JOBS_RETRY = "SELECT r AS id FROM shoal.retry($1) AS r"
 
 # --- cron ---------------------------------------------------------------------
 CRON_TICK_CLAIM = """

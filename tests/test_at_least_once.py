@@ -1,0 +1,113 @@
+"""At-least-once delivery, proven by doing the damage to real processes:
+kill -9 of a worker, SIGTERM during a run, and a PostgreSQL crash-restart under load."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from helpers import eventually, spawn_worker
+from shoal import client, queues
+from shoal.client import NewJob
+from shoal.embedded import EmbeddedPostgres
+
+FAST_RESCUE = ("--heartbeat-interval", "0.5", "--stale-after", "3", "--poll-interval", "0.2")
+
+
+async def counts(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch("SELECT state::text, count(*) FROM shoal.jobs GROUP BY 1")
+    return {r["state"]: r["count"] for r in rows}
+
+
+def stop(proc, sig: int = signal.SIGTERM, timeout: float = 30) -> int:  # type: ignore[no-untyped-def]
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+@pytest.mark.slow
+async def test_kill_9_loses_no_job(db_url: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    n = 5000
+    await queues.declare_queue(conn, "k9", keep_succeeded_seconds=3600)
+    await client.enqueue_many(conn, [NewJob("k9", "test.sleep_ms", {"ms": 40}) for _ in range(n)])
+    first = spawn_worker(db_url, "k9", "--concurrency", "50", *FAST_RESCUE, log_path=tmp_path / "w1.log")
+    second = None
+    try:
+        await eventually(lambda: _at_least(conn, "succeeded", 800), timeout=60)
+        assert (await counts(conn)).get("running", 0) > 0, "the kill must hit jobs in flight"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = spawn_worker(db_url, "k9", "--concurrency", "50", *FAST_RESCUE, log_path=tmp_path / "w2.log")
+        await eventually(lambda: _at_least(conn, "succeeded", n), timeout=120, interval=0.5)
+        assert await counts(conn) == {"succeeded": n}
+        assert await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE attempts = 2") > 0, \
+            "jobs in flight at the kill were rescued and run again"
+    finally:
+        first.kill()
+        if second is not None:
+            assert stop(second) == 0
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_then_releases_unfinished(db_url: str, conn: asyncpg.Connection,
+                                                       tmp_path: Path) -> None:
+    await queues.declare_queue(conn, "term", keep_succeeded_seconds=3600)
+    short = await client.enqueue_many(conn, [NewJob("term", "shoal.sleep", {"seconds": 0.5}) for _ in range(2)])
+    long = await client.enqueue_many(conn, [NewJob("term", "shoal.sleep", {"seconds": 60}) for _ in range(3)])
+    waiting = await client.enqueue_many(conn, [NewJob("term", "shoal.sleep", {"seconds": 60}) for _ in range(4)])
+    proc = spawn_worker(db_url, "term", "--concurrency", "5", "--drain-timeout", "2", *FAST_RESCUE,
+                        log_path=tmp_path / "w.log")
+    try:
+        await eventually(lambda: _at_least(conn, "running", 5), timeout=30)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 20)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert code == 0, (tmp_path / "w.log").read_text()[-2000:]
+    assert took < 15, f"exited {took:.1f}s after SIGTERM; drain timeout is 2s"
+    rows = {r["id"]: r for r in await conn.fetch("SELECT id, state::text, attempts, worker_id FROM shoal.jobs")}
+    assert all(rows[i]["state"] == "succeeded" for i in short), "running jobs finish within the drain timeout"
+    for i in long + waiting:
+        assert (rows[i]["state"], rows[i]["attempts"], rows[i]["worker_id"]) == ("pending", 0, None), \
+            "unfinished jobs go back without using an attempt"
+    assert await conn.fetchval("SELECT count(*) FROM shoal.workers") == 0
+
+
+@pytest.mark.slow
+async def test_database_crash_restart_loses_no_job(db_url: str, conn: asyncpg.Connection, tmp_path: Path,
+                                                   pg_server: EmbeddedPostgres | None) -> None:
+    if pg_server is None:
+        pytest.skip("needs the embedded server to restart it (SHOAL_TEST_DATABASE_URL points elsewhere)")
+    n = 3000
+    await queues.declare_queue(conn, "dbr", keep_succeeded_seconds=3600)
+    await client.enqueue_many(conn, [NewJob("dbr", "test.sleep_ms", {"ms": 20}) for _ in range(n)])
+    await conn.close()
+    proc = spawn_worker(db_url, "dbr", "--concurrency", "20", "--heartbeat-interval", "0.5",
+                        "--stale-after", "30", log_path=tmp_path / "w.log")
+    try:
+        watcher = await asyncpg.connect(db_url)
+        await eventually(lambda: _at_least(watcher, "succeeded", 300), timeout=60)
+        await watcher.close()
+        pg_server.stop("immediate")  # a crash: connections die mid-transaction
+        await asyncio.sleep(1.0)
+        pg_server.start()
+        watcher = await asyncpg.connect(db_url)
+        await eventually(lambda: _at_least(watcher, "succeeded", n), timeout=120, interval=0.5)
+        assert await counts(watcher) == {"succeeded": n}
+        await watcher.close()
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+    log = (tmp_path / "w.log").read_text()
+    assert "failed, backing off" in log or "will retry" in log, "the worker noticed the outage and recovered"
+
+
+async def _at_least(conn: asyncpg.Connection, state: str, n: int) -> bool:
+    return (await counts(conn)).get(state, 0) >= n
