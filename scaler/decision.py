@@ -258,7 +258,8 @@ def useful_replicas(obs: Observation, policy: Policy) -> tuple[int | None, str]:
         rate = policy.rate_limit
         if obs.throughput and obs.running > 0:
             per_pod = policy.concurrency * obs.throughput / obs.running
-            n = _ceil_float(rate / per_pod)
+            # rate / per_pod, arranged so a tiny throughput cannot underflow to a zero divisor.
+            n = _ceil_float(rate * obs.running / (policy.concurrency * obs.throughput))
             why = f"rate limit {rate:g}/s at {per_pod:.3g}/s per busy replica fills {_plural(n, 'replica')}"
         else:
             n = _ceil_float(rate / policy.concurrency)
