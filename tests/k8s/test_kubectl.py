@@ -1,0 +1,96 @@
+"""The real kubectl against the emulator (or a real cluster): CRDs, examples, printer columns."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from .conftest import REPO, Cluster, Kubectl
+
+EXAMPLES = REPO / "examples"
+
+
+def _header(output: str) -> list[str]:
+    """Split kubectl's table header on runs of 2+ spaces (column names may contain one space)."""
+    first = output.strip().splitlines()[0]
+    return re.split(r"\s{2,}", first.strip())
+
+
+def test_crds_register_their_resources(kubectl: Kubectl, crds_installed: list[str]) -> None:
+    assert sorted(crds_installed) == ["cronjobs.shoal.dev", "queues.shoal.dev"]
+    out = kubectl("api-resources", "--api-group=shoal.dev", "--no-headers").stdout
+    rows = {line.split()[0]: line.split() for line in out.strip().splitlines()}
+    assert rows["queues"][1:] == ["shq", "shoal.dev/v1alpha1", "true", "Queue"]
+    assert rows["cronjobs"][1:] == ["shcj", "shoal.dev/v1alpha1", "true", "CronJob"]
+    crd = kubectl.json("get", "crd", "queues.shoal.dev")
+    assert crd["spec"]["names"]["categories"] == ["shoal"]
+
+
+def test_examples_apply_and_print_columns(kubectl: Kubectl, crds_installed: list[str], namespace: str) -> None:
+    ns = f"--namespace={namespace}"
+    out = kubectl.apply(EXAMPLES / "queue.yaml", ns).stdout
+    assert "secret/shoal-db created" in out
+    assert "queue.shoal.dev/emails created" in out
+    out = kubectl.apply(EXAMPLES / "cronjob.yaml", ns).stdout
+    assert "cronjob.shoal.dev/daily-digest created" in out
+
+    queues = kubectl("get", "queues", ns).stdout
+    assert _header(queues) == ["NAME", "PENDING", "RUNNING", "REPLICAS", "AGE"]
+    assert queues.strip().splitlines()[1].split()[0] == "emails"
+    wide = kubectl("get", "queues", ns, "-o", "wide").stdout
+    assert _header(wide) == ["NAME", "PENDING", "RUNNING", "REPLICAS", "READY", "QUEUE", "AGE"]
+
+    cronjobs = kubectl("get", "shcj", ns).stdout
+    assert _header(cronjobs) == ["NAME", "SCHEDULE", "SUSPEND", "LAST SCHEDULE", "NEXT SCHEDULE", "AGE"]
+    row = re.split(r"\s{2,}", cronjobs.strip().splitlines()[1].strip())
+    assert row[:2] == ["daily-digest", "30 7 * * *"]
+
+    # The category lists both kinds, each with its own columns.
+    both = kubectl("get", "shoal", ns).stdout
+    assert "queue.shoal.dev/emails" in both
+    assert "cronjob.shoal.dev/daily-digest" in both
+    assert "PENDING" in both and "SCHEDULE" in both
+
+    queue = kubectl.json("get", "queue", "emails", ns)
+    manifest = next(d for d in yaml.safe_load_all((EXAMPLES / "queue.yaml").read_text()) if d["kind"] == "Queue")
+    assert queue["kind"] == "Queue" and queue["apiVersion"] == "shoal.dev/v1alpha1"
+    assert queue["metadata"]["name"] == "emails" and queue["metadata"]["namespace"] == namespace
+    assert queue["metadata"]["uid"] and queue["metadata"]["resourceVersion"]
+    for key, value in manifest["spec"].items():  # a real cluster adds defaults; nothing is lost
+        assert queue["spec"][key] == value
+
+    secret = kubectl.json("get", "secret", "shoal-db", ns)
+    assert secret["data"]["url"]  # stringData became base64 data
+
+
+def test_reapply_patches_and_status_is_separate(kubectl: Kubectl, k8s_cluster: Cluster,
+                                                crds_installed: list[str], namespace: str,
+                                                tmp_path: Path) -> None:
+    ns = f"--namespace={namespace}"
+    kubectl.apply(EXAMPLES / "cronjob.yaml", ns)
+    before = kubectl.json("get", "cronjob.shoal.dev", "daily-digest", ns)
+
+    # Re-applying the same file changes nothing; a changed field is patched in place.
+    assert "unchanged" in kubectl.apply(EXAMPLES / "cronjob.yaml", ns).stdout
+    changed = yaml.safe_load((EXAMPLES / "cronjob.yaml").read_text())
+    changed["spec"]["suspend"] = True
+    assert "configured" in kubectl.apply(changed, ns).stdout
+    after = kubectl.json("get", "cronjob.shoal.dev", "daily-digest", ns)
+    assert after["spec"]["suspend"] is True
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert int(after["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+
+    # Only the status subresource writes status.
+    kubectl("patch", "cronjob.shoal.dev", "daily-digest", ns, "--type=merge", "--subresource=status",
+            "-p", '{"status": {"lastScheduleTime": "2030-01-01T07:30:00Z"}}')
+    kubectl("patch", "cronjob.shoal.dev", "daily-digest", ns, "--type=merge",
+            "-p", '{"status": {"lastScheduleTime": "1999-01-01T00:00:00Z"}}')
+    status = kubectl.json("get", "cronjob.shoal.dev", "daily-digest", ns)["status"]
+    assert status["lastScheduleTime"] == "2030-01-01T07:30:00Z"
+
+    kubectl("delete", "cronjob.shoal.dev", "daily-digest", ns)
+    out = kubectl("get", "cronjob.shoal.dev", "daily-digest", ns, check=False)
+    assert out.returncode != 0 and "NotFound" in out.stderr
