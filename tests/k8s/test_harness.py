@@ -119,3 +119,19 @@ def test_json_patch_test_op_and_conflicts(k8s_cluster: Cluster, kubectl: Kubectl
     current = kubectl.json("get", "queue", "rv", f"--namespace={namespace}")["metadata"]["resourceVersion"]
     code, body = patch({"spec": {"worker": {"image": "probe:1"}}}, "application/merge-patch+json")
     assert code == 200 and body["metadata"]["resourceVersion"] == current
+
+
+def test_namespaces_and_label_selectors(kubectl: Kubectl, namespace: str) -> None:
+    """Namespaces are served (kmock 0.8 mis-parses /api/v1/namespaces); selectors filter lists."""
+    assert kubectl.json("get", "namespace", namespace)["metadata"]["name"] == namespace
+    assert f"namespace/{namespace}" in kubectl("get", "namespaces", "-o", "name").stdout.split()
+    ns = f"--namespace={namespace}"
+    kubectl.apply([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n, "labels": {"app": a}}}
+                   for n, a in (("one", "a"), ("two", "b"), ("three", "a"))], ns)
+
+    def names(*args: str) -> list[str]:
+        return sorted(kubectl("get", "configmaps", ns, "-o", "name", *args).stdout.split())
+
+    assert names("-l", "app=a") == ["configmap/one", "configmap/three"]
+    assert names("-l", "app notin (a),app") == ["configmap/two"]
+    assert names("--field-selector=metadata.name=two") == ["configmap/two"]
