@@ -11,15 +11,16 @@ import urllib.error
 import urllib.request
 
 import asyncpg
-
 from helpers import eventually, running_worker
 from shoal import client, queues
 from shoal.client import NewJob
 from shoal.embedded import free_port
 
 
-def shoal(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHOAL_DATABASE_URL": db_url}
+def shoal(db_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SHOAL_DATABASE_URL", "DATABASE_URL")}
+    if db_url:
+        env["SHOAL_DATABASE_URL"] = db_url
     return subprocess.run([sys.executable, "-m", "shoal.cli", *args], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
 
@@ -52,9 +53,7 @@ async def test_cli_contract(db_url: str, conn: asyncpg.Connection) -> None:
     assert bad.returncode == 2 and "--payload" in bad.stderr
     ghost = shoal(db_url, "enqueue", "--queue", "ghost", "--task", "send")
     assert ghost.returncode == 2 and "unknown queue 'ghost'" in ghost.stderr
-    nodb = subprocess.run([sys.executable, "-m", "shoal.cli", "stats"], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k not in ("SHOAL_DATABASE_URL", "DATABASE_URL")},
-                          check=False)
+    nodb = shoal(None, "stats")
     assert nodb.returncode == 2 and "SHOAL_DATABASE_URL" in nodb.stderr
 
 

@@ -30,7 +30,7 @@ import asyncpg
 from shoal import builtin_tasks, queries
 from shoal.backoff import retry_delay
 from shoal.client import NewJob, enqueue_many
-from shoal.errors import ConfigError, PermanentError
+from shoal.errors import ConfigError, PermanentError, ShoalError
 from shoal.tasks import Job, TaskRegistry, TaskSpec, call
 from shoal.tasks import registry as default_registry
 from shoal.worker import metrics
@@ -328,7 +328,7 @@ class Worker:
             try:
                 await self._record(batch)
                 delay = 0.1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # never let the completer die: outcomes would pile up unwritten
                 # Keep them: they are written once the database is back.
                 self.outcomes = batch + self.outcomes
                 self.db_ok = False
@@ -345,7 +345,7 @@ class Worker:
                 try:
                     async with conn.transaction():
                         await self._complete(conn, batch)
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, ShoalError) as exc:
                     if isinstance(exc, asyncpg.PostgresConnectionError):
                         raise
                     # One job's follow-ups were refused (e.g. unknown queue): record jobs one
@@ -360,7 +360,7 @@ class Worker:
         try:
             async with conn.transaction():
                 await self._complete(conn, [outcome])
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, ShoalError) as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
                 raise
             failed = Outcome(outcome.job, "fail", f"follow-up jobs could not be enqueued: {exc}",
