@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
+
 from shoal import logs
 from shoal.config import database_url
 from shoal.errors import ShoalError

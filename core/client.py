@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
+
 from shoal import names, queries
 from shoal.errors import JobNotFoundError, UnknownQueueError, ValidationError
 

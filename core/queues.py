@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
+
 from shoal import names, queries
 from shoal.errors import UnknownQueueError, ValidationError
 from shoal.ratelimit import RateLimit

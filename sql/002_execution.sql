@@ -104,7 +104,7 @@ BEGIN
         RETURNING j.id
     ), kept AS (
         UPDATE shoal.jobs j
-           SET state = 'succeeded', finished_at = now(), worker_id = NULL
+           SET state = 'succeeded', finished_at = now()  -- worker_id kept: who ran it
           FROM shoal.queues q
          WHERE j.id = ANY(ok_ids) AND j.worker_id = p_worker AND j.state = 'running'
            AND q.name = j.queue AND q.keep_succeeded > interval '0'
@@ -122,7 +122,8 @@ BEGIN
                    finished_at = CASE WHEN f.delay IS NULL OR j.attempts >= j.max_attempts
                                       THEN now() END,
                    last_error = f.error,
-                   worker_id = NULL
+                   worker_id = CASE WHEN f.delay IS NULL OR j.attempts >= j.max_attempts
+                                    THEN j.worker_id END
               FROM unnest(fail_ids, fail_errors, fail_delays) AS f(id, error, delay)
              WHERE j.id = f.id AND j.worker_id = p_worker AND j.state = 'running'
             RETURNING j.id, j.state
@@ -134,7 +135,7 @@ BEGIN
     IF cardinality(cancel_ids) > 0 THEN
         WITH c AS (
             UPDATE shoal.jobs j
-               SET state = 'cancelled', finished_at = now(), worker_id = NULL,
+               SET state = 'cancelled', finished_at = now(),
                    last_error = coalesce(j.last_error, 'cancelled')
              WHERE j.id = ANY(cancel_ids) AND j.worker_id = p_worker AND j.state = 'running'
             RETURNING j.id

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from shoal.embedded import EmbeddedPostgres, start_embedded
 
 TEMPLATE_DB = "shoal_template"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from helpers import eventually, spawn_worker
 from shoal import client, queues
 from shoal.client import NewJob

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import asyncpg
+
 from helpers import eventually, running_worker
 from shoal import client, queues
 from shoal.client import NewJob

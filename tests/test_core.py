@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 import pytest
+
 from helpers import eventually, running_worker
 from shoal import client, queues
 from shoal.backoff import retry_delay

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from helpers import eventually, running_worker, spawn_worker
 from shoal import client, queues
 from shoal.client import NewJob

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shoal.scaler.decision import Decision, Observation, Policy, ScalerState, decide, useful_replicas
 
 FRESH = ScalerState()

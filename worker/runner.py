@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+
 from shoal import builtin_tasks, queries
 from shoal.backoff import retry_delay
 from shoal.client import NewJob, enqueue_many

@@ -1,0 +1,114 @@
+"""`shoal up`: the whole system on one machine, workers scaled by the same autoscaler.
+
+With no database URL it starts an embedded PostgreSQL (the `pgserver` wheel) in a data
+directory, migrates and declares the queue. `--demo` enqueues a burst, shows progress
+while the autoscaler drains it with more workers, waits until it scales back down, and
+exits; without `--demo` it runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.config import database_url
+
+
+def register(sub: Any) -> None:
+    up = sub.add_parser("up", help="run a queue with autoscaled local workers (embedded PostgreSQL by default)")
+    up.add_argument("--queue", default="demo")
+    up.add_argument("--data-dir", default=".shoal/postgres", help="embedded PostgreSQL data (no --database-url)")
+    up.add_argument("--tasks", nargs="*", default=[], metavar="MODULE")
+    up.add_argument("--concurrency", type=int, default=10, help="jobs per worker process")
+    up.add_argument("--min-workers", type=int, default=0)
+    up.add_argument("--max-workers", type=int, default=4)
+    up.add_argument("--scale-down-delay", type=float, default=5.0)
+    up.add_argument("--interval", type=float, default=1.0, help="seconds between autoscaler ticks")
+    up.add_argument("--demo", action="store_true", help="enqueue a burst, drain it, scale back down, exit")
+    up.add_argument("--demo-jobs", type=int, default=3000)
+    up.add_argument("--demo-job-ms", type=int, default=20)
+    up.add_argument("--timeout", type=float, default=300.0, help="with --demo: give up after this many seconds")
+    up.set_defaults(handler=run_up)
+
+
+async def run_up(args: argparse.Namespace) -> int:
+    from shoal.client import NewJob, enqueue_many
+    from shoal.migrate import migrate
+    from shoal.queues import declare_queue, state_counts
+    from shoal.scaler.decision import Policy
+    from shoal.scaler.local import LocalWorkers
+    from shoal.scaler.loop import Autoscaler, EnqueueWakeups, create_measure_pool
+
+    url = database_url(args.database_url, required=False)
+    embedded = None
+    if not url:
+        from shoal.embedded import start_embedded
+
+        say(f"starting embedded PostgreSQL in {args.data_dir}")
+        embedded = start_embedded(Path(args.data_dir))
+        url = embedded.url
+    say(f"database {url}")
+    await migrate(url)
+    pool = await create_measure_pool(url)
+    await declare_queue(pool, args.queue)
+    policy = Policy(min_replicas=args.min_workers, max_replicas=args.max_workers, concurrency=args.concurrency,
+                    scale_down_delay=args.scale_down_delay, scale_to_zero=args.min_workers == 0)
+    workers = LocalWorkers(url, args.queue, concurrency=args.concurrency, tasks=args.tasks,
+                           log_dir=str(Path(args.data_dir).parent / "logs"))
+    wakeups = EnqueueWakeups(url)
+    scaler = Autoscaler(queue=args.queue, pool=pool, target=workers, policy=lambda: policy,
+                        interval=args.interval, wakeups=wakeups)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.create_task(scaler.run(stop))
+    code = 0
+    try:
+        if args.demo:
+            say(f"demo: enqueueing {args.demo_jobs} jobs of {args.demo_job_ms} ms into {args.queue!r}")
+            await enqueue_many(pool, [NewJob(args.queue, "shoal.sleep", {"seconds": args.demo_job_ms / 1000})
+                                      for _ in range(args.demo_jobs)])
+        started = time.monotonic()
+        peak, last_left, last_t = 0, None, time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            counts = (await state_counts(pool, args.queue))[0]
+            left = counts.ready + counts.scheduled + counts.running
+            now = time.monotonic()
+            rate = (last_left - left) / (now - last_t) if last_left is not None else 0.0
+            last_left, last_t = left, now
+            peak = max(peak, len(workers.procs))
+            reason = scaler.last.reason if scaler.last else ""
+            say(f"pending {counts.ready + counts.scheduled:>6}  running {counts.running:>4}  "
+                f"workers {len(workers.procs):>2}  jobs/s {max(rate, 0):>7.0f}  | {reason}")
+            if args.demo:
+                if left == 0 and len(workers.procs) <= policy.effective_min and peak > 1:
+                    say(f"demo done: drained with up to {peak} workers, back to {len(workers.procs)}")
+                    break
+                if now - started > args.timeout:
+                    say("demo timed out")
+                    code = 1
+                    break
+    finally:
+        stop.set()
+        await runner
+        say("stopping workers")
+        await workers.shutdown()
+        await wakeups.close()
+        await pool.close()
+        if embedded is not None:
+            say("stopping embedded PostgreSQL")
+            embedded.stop()
+    return code
+
+
+def say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stdout, flush=True)
