@@ -34,14 +34,16 @@ def stop(proc, sig: int = signal.SIGTERM, timeout: float = 30) -> int:  # type: 
 async def test_kill_9_loses_no_job(db_url: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     n = 5000
     await queues.declare_queue(conn, "k9", keep_succeeded_seconds=3600)
-    await client.enqueue_many(conn, [NewJob("k9", "test.sleep_ms", {"ms": 40}) for _ in range(n)])
+    # Varied durations keep jobs in flight at every instant, so the kill always hits some.
+    await client.enqueue_many(conn, [NewJob("k9", "test.sleep_ms", {"ms": 20 + i % 40}) for i in range(n)])
     first = spawn_worker(db_url, "k9", "--concurrency", "50", *FAST_RESCUE, log_path=tmp_path / "w1.log")
     second = None
     try:
         await eventually(lambda: _at_least(conn, "succeeded", 800), timeout=60)
-        assert (await counts(conn)).get("running", 0) > 0, "the kill must hit jobs in flight"
+        await eventually(lambda: _at_least(conn, "running", 1), timeout=10, interval=0.001)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+        assert (await counts(conn)).get("running", 0) > 0, "the kill must hit jobs in flight"
         second = spawn_worker(db_url, "k9", "--concurrency", "50", *FAST_RESCUE, log_path=tmp_path / "w2.log")
         await eventually(lambda: _at_least(conn, "succeeded", n), timeout=120, interval=0.5)
         assert await counts(conn) == {"succeeded": n}
