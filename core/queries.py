@@ -12,9 +12,9 @@ ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $
 # --- worker -------------------------------------------------------------------
 CLAIM = "SELECT id, task, payload, attempts, max_attempts, run_at FROM shoal.claim($1, $2, $3, $4)"
 COMPLETE = "SELECT shoal.complete($1, $2, $3, $4, $5, $6)"
-HEARTBEAT = "SELECT shoal.heartbeat($1, $2, $3, $4) AS id"
+HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4)"
 RESCUE = "SELECT shoal.rescue($1)"
-RELEASE = "SELECT shoal.release($1, $2)"
+RELEASE = "SELECT shoal.release($1, $2, $3)"
 PRUNE = "SELECT shoal.prune($1)"
 TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 SCHEMA_READY = "SELECT to_regclass('shoal.jobs') IS NOT NULL"
@@ -105,4 +105,26 @@ CRON_LAST_JOB_LIVE = """
 SELECT j.id FROM shoal.cron_ticks t JOIN shoal.jobs j ON j.id = t.job_id
  WHERE t.cron_name = $1 AND j.state IN ('pending', 'running')
  ORDER BY t.tick DESC LIMIT 1
+"""
+
+# --- operator (CronJob ticks, Queue status) -------------------------------------
+# Serialises one CronJob's firing across operator replicas for the rest of the transaction,
+# so concurrencyPolicy Forbid sees the previous tick's job before deciding.
+CRON_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+# The newest tick handled (fired or skipped) and the newest one that enqueued a job.
+CRON_LAST_TICKS = """
+SELECT (SELECT max(tick) FROM shoal.cron_ticks WHERE cron_name = $1) AS last_tick,
+       t.tick AS last_job_tick, t.job_id AS last_job_id
+  FROM (SELECT 1) one
+  LEFT JOIN LATERAL (SELECT tick, job_id FROM shoal.cron_ticks
+                      WHERE cron_name = $1 AND job_id IS NOT NULL
+                      ORDER BY tick DESC LIMIT 1) t ON true
+"""
+# Pending (including scheduled for later) and running jobs of a queue, each capped so the
+# cost stays flat however deep the queue is.
+QUEUE_PENDING_RUNNING = """
+SELECT (SELECT count(*) FROM (SELECT 1 FROM shoal.jobs
+                               WHERE queue = $1 AND state = 'pending' LIMIT $2) p) AS pending,
+       (SELECT count(*) FROM (SELECT 1 FROM shoal.jobs
+                               WHERE queue = $1 AND state = 'running' LIMIT $2) r) AS running
 """

@@ -167,19 +167,20 @@ BEGIN
 END $$;
 
 -------------------------------------------------------------------------------
--- Liveness: one row per worker, not per job. Returns the worker's jobs whose
--- cancellation was requested, a safety net for a missed NOTIFY.
+-- Liveness: one row per worker, not per job. Returns the jobs the database thinks this
+-- worker holds, so the worker can act on cancellation requests (a safety net for a missed
+-- NOTIFY) and give back jobs it does not know of (a claim whose answer a crash swallowed).
 -------------------------------------------------------------------------------
 CREATE FUNCTION shoal.heartbeat(p_worker text, p_queue text, p_hostname text, p_pid integer)
-RETURNS SETOF bigint
+RETURNS TABLE (id bigint, cancel_requested boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO shoal.workers AS w (id, queue, hostname, pid)
     VALUES (p_worker, p_queue, p_hostname, p_pid)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+    ON CONFLICT ON CONSTRAINT workers_pkey DO UPDATE SET heartbeat_at = now();
     RETURN QUERY
-    SELECT j.id FROM shoal.jobs j
-     WHERE j.queue = p_queue AND j.state = 'running' AND j.worker_id = p_worker AND j.cancel_requested;
+    SELECT j.id, j.cancel_requested FROM shoal.jobs j
+     WHERE j.queue = p_queue AND j.state = 'running' AND j.worker_id = p_worker;
 END $$;
 
 -- Return jobs of dead workers to the queue. The attempt they used stays counted, so a
@@ -215,8 +216,9 @@ BEGIN
     RETURN rescued;
 END $$;
 
--- Graceful shutdown: unfinished jobs go back without using up an attempt.
-CREATE FUNCTION shoal.release(p_worker text, ids bigint[]) RETURNS integer
+-- Give jobs back without using up an attempt: unfinished ones at graceful shutdown
+-- (p_final: the worker leaves, too), or ones a worker finds it holds without knowing.
+CREATE FUNCTION shoal.release(p_worker text, ids bigint[], p_final boolean DEFAULT true) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     released integer;
@@ -227,7 +229,9 @@ BEGIN
      WHERE j.id = ANY(ids) AND j.worker_id = p_worker AND j.state = 'running';
     GET DIAGNOSTICS released = ROW_COUNT;
     SELECT w.queue INTO q FROM shoal.workers w WHERE w.id = p_worker;
-    DELETE FROM shoal.workers w WHERE w.id = p_worker;
+    IF p_final THEN
+        DELETE FROM shoal.workers w WHERE w.id = p_worker;
+    END IF;
     IF released > 0 AND q IS NOT NULL THEN
         PERFORM pg_notify('shoal_jobs', q);
     END IF;

@@ -101,7 +101,11 @@ async def test_database_crash_restart_loses_no_job(db_url: str, conn: asyncpg.Co
         await asyncio.sleep(1.0)
         pg_server.start()
         watcher = await asyncpg.connect(db_url)
-        await eventually(lambda: _at_least(watcher, "succeeded", n), timeout=120, interval=0.5)
+        try:
+            await eventually(lambda: _at_least(watcher, "succeeded", n), timeout=120, interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"{await counts(watcher)}; worker log tail:\n"
+                                 + (tmp_path / "w.log").read_text()[-3000:]) from None
         assert await counts(watcher) == {"succeeded": n}
         await watcher.close()
         assert stop(proc) == 0

@@ -14,6 +14,7 @@ stay in memory until written, so a database restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -89,27 +90,32 @@ class Worker:
         self.config = config.validate()
         self.pool: asyncpg.Pool | None = None
         self.listener: asyncpg.Connection | None = None
-        self.active: dict[int, asyncio.Task[None]] = {}  # job id -> task running it (batches: first id)
         self.held: dict[int, Job] = {}  # every job claimed and not yet recorded
+        self.buffer: collections.deque[Job | list[Job]] = collections.deque()  # claimed, not started
+        self.executing: dict[int, asyncio.Task[None]] = {}  # job id -> runner executing it
+        self.busy = 0  # runners executing a job or a batch
         self.outcomes: list[Outcome] = []
         self.cancelling: set[int] = set()
-        self.releasing: set[int] = set()
         self.wake = asyncio.Event()
+        self.work_ready = asyncio.Event()
         self.slot_freed = asyncio.Event()
         self.outcome_ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.db_ok = False
         self.last_tick = time.monotonic()
         self._rng = random.Random()
-        self._started = time.monotonic()
+        self._timers: dict[str, tuple[Any, Any]] = {}
+        self._claims_started = 0
+        self._claims_in_flight = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             log.info("stop requested: no new claims, draining", extra={"in_flight": len(self.held)})
             self.stopping.set()
-            self.wake.set()
-            self.slot_freed.set()
+            self.buffer.clear()  # not started: released on exit, attempts unchanged
+            for event in (self.wake, self.slot_freed, self.work_ready):
+                event.set()
 
     def live(self) -> bool:
         return time.monotonic() - self.last_tick < max(60.0, self.config.heartbeat_interval * 6)
@@ -132,14 +138,15 @@ class Worker:
             log.info("serving /metrics, /healthz, /readyz", extra={"port": port})
         log.info("worker started", extra={"queue": cfg.queue, "worker_id": cfg.worker_id,
                                           "concurrency": cfg.concurrency})
+        runners = [asyncio.create_task(self._runner()) for _ in range(cfg.concurrency)]
         loops = [asyncio.create_task(c) for c in (self._claimer(), self._completer(), self._keeper())]
         try:
             await self.stopping.wait()
-            await self._drain()
+            await self._drain(runners)
         finally:
-            for t in loops:
+            for t in loops + runners:
                 t.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*loops, *runners, return_exceptions=True)
             await self._final_flush()
             if self.listener is not None:
                 with contextlib.suppress(Exception):
@@ -172,34 +179,49 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------------
     def _free_slots(self) -> int:
-        return self.config.concurrency - len(self.held)
+        """Runners that would be idle. Outcomes still being written do not hold a slot, so the
+        next claim overlaps the previous write; a bound on unwritten outcomes keeps memory flat
+        when the database is slow."""
+        cfg = self.config
+        if len(self.outcomes) > 4 * cfg.concurrency:
+            return 0
+        return cfg.concurrency - self.busy - sum(len(w) if isinstance(w, list) else 1 for w in self.buffer)
 
     async def _claimer(self) -> None:
         cfg = self.config
         delay = 0.1
         while not self.stopping.is_set():
             free = self._free_slots()
-            if free <= 0:
+            if free <= 0 or (self.busy and free < max(1, cfg.concurrency // 4)):
+                # Wait for a useful batch of free slots rather than claiming one job at a time.
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
                 continue
             self.wake.clear()
+            self._claims_started += 1
+            self._claims_in_flight += 1
             try:
                 rows = await self.pool.fetch(queries.CLAIM, cfg.queue, cfg.worker_id, free,  # type: ignore[union-attr]
                                              _interval(cfg.stale_after))
                 self.db_ok, delay = True, 0.1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # never let the claimer die; the database may be restarting
                 self.db_ok = False
                 log.warning("claim failed, backing off", extra={"error": repr(exc), "retry_in": delay})
                 await self._sleep(delay)
                 delay = min(delay * 2, 5)
                 continue
+            finally:
+                self._claims_in_flight -= 1
             if rows and rows[0]["id"] is None:
                 await self._throttled(rows[0]["task"], rows[0]["run_at"])
             elif rows:
-                self._start(rows)
-            else:
+                self._accept(rows)
+            elif not self.busy:
                 await self._sleep(cfg.poll_interval, self.wake)
+            else:
+                # Nothing ready now; look again when a runner frees up or a job is enqueued.
+                self.slot_freed.clear()
+                await self._sleep(cfg.poll_interval, self.slot_freed)
 
     async def _throttled(self, reason: str, until: datetime | None) -> None:
         if reason != "paused":
@@ -218,31 +240,65 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waiter.wait(), seconds)
 
-    def _start(self, rows: list[Any]) -> None:
+    def _timers_for(self, task: str) -> tuple[Any, Any]:
+        timers = self._timers.get(task)
+        if timers is None:
+            timers = (metrics.JOB_DURATION.labels(self.config.queue, task),
+                      metrics.QUEUE_WAIT.labels(self.config.queue, task))
+            self._timers[task] = timers
+        return timers
+
+    def _accept(self, rows: list[Any]) -> None:
         queue = self.config.queue
         now = datetime.now(UTC)
+        registry = self.config.registry
+        claimed: dict[str, int] = {}
         batches: dict[str, list[Job]] = {}
         for r in rows:
             job = Job(r["id"], queue, r["task"], r["payload"], r["attempts"], r["max_attempts"], r["run_at"])
             self.held[job.id] = job
-            spec = self.config.registry.get(job.task)
-            metrics.JOBS_CLAIMED.labels(queue, job.task).inc()
-            metrics.QUEUE_WAIT.labels(queue, job.task).observe(max(0.0, (now - job.scheduled_at).total_seconds()))
+            claimed[job.task] = claimed.get(job.task, 0) + 1
+            self._timers_for(job.task)[1].observe(max(0.0, (now - job.scheduled_at).total_seconds()))
+            spec = registry.get(job.task)
             if spec is not None and spec.batch:
                 batches.setdefault(job.task, []).append(job)
             else:
-                self.active[job.id] = asyncio.create_task(self._run_one(job, spec))
+                self.buffer.append(job)
         for name, jobs in batches.items():
-            spec = self.config.registry.get(name)
-            assert spec is not None
-            for i in range(0, len(jobs), spec.batch_size):
-                chunk = jobs[i:i + spec.batch_size]
-                task = asyncio.create_task(self._run_batch(chunk, spec))
-                for job in chunk:
-                    self.active[job.id] = task
+            size = registry.tasks[name].batch_size
+            self.buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
+        for task, n in claimed.items():
+            metrics.JOBS_CLAIMED.labels(queue, task).inc(n)
         metrics.IN_FLIGHT.labels(queue).set(len(self.held))
+        self.work_ready.set()
 
     # -- running -----------------------------------------------------------------------------
+    async def _runner(self) -> None:
+        """One of `concurrency` long-lived coroutines: cheaper than a task per job."""
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            while not self.buffer:
+                if self.stopping.is_set():
+                    return
+                self.work_ready.clear()
+                await self.work_ready.wait()
+            item = self.buffer.popleft()
+            self.busy += 1
+            try:
+                if isinstance(item, list):
+                    for job in item:
+                        self.executing[job.id] = me
+                    await self._run_batch(item)
+                else:
+                    self.executing[item.id] = me
+                    await self._run_one(item)
+            finally:
+                for job in item if isinstance(item, list) else (item,):
+                    self.executing.pop(job.id, None)
+                self.busy -= 1
+                self.slot_freed.set()
+
     def _timeout(self, spec: TaskSpec) -> float | None:
         return spec.timeout if spec.timeout is not None else self.config.job_timeout
 
@@ -260,8 +316,17 @@ class Worker:
         spec = self.config.registry.get(job.task)
         return self._timeout(spec) if spec else None
 
-    async def _run_one(self, job: Job, spec: TaskSpec | None) -> None:
-        outcome: Outcome | None = None
+    def _was_cancelled(self, jobs: list[Job]) -> bool:
+        """A CancelledError meant for this job (not a shutdown): keep the runner alive."""
+        if not any(j.id in self.cancelling for j in jobs):
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
+    async def _run_one(self, job: Job) -> None:
+        spec = self.config.registry.get(job.task)
         started = time.perf_counter()
         try:
             if spec is None:
@@ -270,26 +335,30 @@ class Worker:
                                   f"(known: {known}); register it with @shoal.task({job.task!r}) in a module "
                                   "passed to --tasks", None)
             else:
-                async with asyncio.timeout(self._timeout(spec)):
+                timeout = self._timeout(spec)
+                if timeout is None:
                     await call(spec, job)
+                else:
+                    async with asyncio.timeout(timeout):
+                        await call(spec, job)
                 outcome = Outcome(job, "ok")
         except asyncio.CancelledError:
-            if job.id in self.cancelling:
-                outcome = Outcome(job, "cancel", "cancelled while running")
-            elif job.id not in self.releasing:
-                raise
+            if not self._was_cancelled([job]):
+                raise  # shutdown past the drain timeout: the job is released, not failed
+            outcome = Outcome(job, "cancel", "cancelled while running")
         except Exception as exc:
             outcome = self._failure(job, exc)
-        finally:
-            self._finish([job], [outcome] if outcome else [], time.perf_counter() - started)
+        self._timers_for(job.task)[0].observe(time.perf_counter() - started)
+        self._record_later([outcome])
 
-    async def _run_batch(self, jobs: list[Job], spec: TaskSpec) -> None:
-        outcomes: list[Outcome] = []
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        spec = self.config.registry.tasks[jobs[0].task]
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout(spec)):
                 result = await call(spec, jobs)
             failed = dict(result or {})
+            outcomes = []
             for job in jobs:
                 err = failed.get(job.id)
                 if err is None:
@@ -298,24 +367,23 @@ class Worker:
                     exc = err if isinstance(err, BaseException) else Exception(str(err))
                     outcomes.append(self._failure(job, exc))
         except asyncio.CancelledError:
-            outcomes = [Outcome(j, "cancel", "cancelled while running") for j in jobs
-                        if j.id in self.cancelling and j.id not in self.releasing]
-            if not outcomes and not any(j.id in self.releasing for j in jobs):
+            if not self._was_cancelled(jobs):
                 raise
+            # Cancelling one item cancels the call; the others go back to the queue as retries.
+            outcomes = [Outcome(j, "cancel", "cancelled while running") if j.id in self.cancelling
+                        else Outcome(j, "fail", "batch interrupted by the cancellation of another item", 0.0)
+                        for j in jobs]
         except Exception as exc:
             outcomes = [self._failure(job, exc) for job in jobs]
-        finally:
-            self._finish(jobs, outcomes, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        hist = self._timers_for(spec.name)[0]
+        for _ in jobs:
+            hist.observe(elapsed)
+        self._record_later(outcomes)
 
-    def _finish(self, jobs: list[Job], outcomes: list[Outcome], elapsed: float) -> None:
-        for job in jobs:
-            self.active.pop(job.id, None)
-        if outcomes:
-            hist = metrics.JOB_DURATION.labels(self.config.queue, jobs[0].task)
-            for _ in outcomes:
-                hist.observe(elapsed)
-            self.outcomes.extend(outcomes)
-            self.outcome_ready.set()
+    def _record_later(self, outcomes: list[Outcome]) -> None:
+        self.outcomes.extend(outcomes)
+        self.outcome_ready.set()
 
     # -- recording ---------------------------------------------------------------------------
     async def _completer(self) -> None:
@@ -414,7 +482,7 @@ class Worker:
                     last_prune = time.monotonic()
                     await self._prune()
                 self.db_ok = True
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # never let the keeper die: it is what keeps our jobs ours
                 self.db_ok = False
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
                 if self.listener is not None:
@@ -426,10 +494,19 @@ class Worker:
 
     async def _beat(self) -> None:
         cfg = self.config
+        claims_before = self._claims_started
         rows = await self.pool.fetch(queries.HEARTBEAT, cfg.worker_id, cfg.queue,  # type: ignore[union-attr]
                                      socket.gethostname(), os.getpid())
         for r in rows:
-            self._cancel_job(r["id"])
+            if r["cancel_requested"]:
+                self._cancel_job(r["id"])
+        if self._claims_in_flight or self._claims_started != claims_before:
+            return  # a claim raced this read: its jobs may not be in `held` yet
+        orphans = [r["id"] for r in rows if r["id"] not in self.held]
+        if orphans:
+            # A claim committed but its answer was lost (connection cut): nobody would run these.
+            n = await self.pool.fetchval(queries.RELEASE, cfg.worker_id, orphans, False)  # type: ignore[union-attr]
+            log.warning("released jobs claimed by a lost request", extra={"released": n})
 
     async def _prune(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
@@ -455,24 +532,20 @@ class Worker:
             self._cancel_job(int(payload))
 
     def _cancel_job(self, job_id: int) -> None:
-        task = self.active.get(job_id)
+        task = self.executing.get(job_id)
         if task is not None and job_id not in self.cancelling:
             log.info("cancelling running job", extra={"job_id": job_id})
             self.cancelling.add(job_id)
             task.cancel()
 
     # -- stopping ----------------------------------------------------------------------------
-    async def _drain(self) -> None:
-        tasks = set(self.active.values())
-        if tasks:
-            log.info("draining running jobs", extra={"running": len(tasks), "timeout": self.config.drain_timeout})
-            await asyncio.wait(tasks, timeout=self.config.drain_timeout)
-        unfinished = [job_id for job_id, t in self.active.items() if not t.done()]
-        if unfinished:
-            self.releasing.update(unfinished)
-            for job_id in unfinished:
-                self.active[job_id].cancel()
-            await asyncio.gather(*{self.active[j] for j in unfinished if j in self.active}, return_exceptions=True)
+    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+        """Let running jobs finish for the drain timeout; interrupt the rest, which are then
+        released (not failed) by `_final_flush`."""
+        if self.busy:
+            log.info("draining running jobs", extra={"running": self.busy, "timeout": self.config.drain_timeout})
+        self.work_ready.set()  # idle runners see `stopping` and return
+        await asyncio.wait(runners, timeout=self.config.drain_timeout)
 
     async def _final_flush(self) -> None:
         """Write what finished, give back what did not: attempts unchanged, run again at once."""
@@ -487,7 +560,7 @@ class Worker:
                         self.outcomes = batch + self.outcomes
                         raise
                 released = [j for j in self.held if j not in {o.job.id for o in self.outcomes}]
-                n = await self.pool.fetchval(queries.RELEASE, self.config.worker_id, released)
+                n = await self.pool.fetchval(queries.RELEASE, self.config.worker_id, released, True)
                 if n:
                     log.info("released unfinished jobs", extra={"released": n})
                 return
