@@ -94,3 +94,43 @@ def test_reapply_patches_and_status_is_separate(kubectl: Kubectl, k8s_cluster: C
     kubectl("delete", "cronjob.shoal.dev", "daily-digest", ns)
     out = kubectl("get", "cronjob.shoal.dev", "daily-digest", ns, check=False)
     assert out.returncode != 0 and "NotFound" in out.stderr
+
+
+async def test_operator_fills_the_queue_columns(kubectl: Kubectl, crds_installed: list[str], namespace: str,
+                                                db_url: str, kubeconfig: Path, tmp_path: Path) -> None:
+    """The examples applied with kubectl; the operator's status fills PENDING/RUNNING/REPLICAS."""
+    import asyncpg
+
+    from helpers import eventually
+    from shoal.client import enqueue
+
+    from .operator_runner import start_operator
+
+    ns = f"--namespace={namespace}"
+    kubectl.apply(EXAMPLES / "queue.yaml", ns)
+    # Point the example's Secret at the test database (the example's URL is a placeholder).
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shoal-db"},
+                   "stringData": {"url": db_url}}, ns)
+    op = start_operator(kubeconfig, tmp_path, ["--standalone", "--namespace", namespace])
+    try:
+        conn = await asyncpg.connect(db_url)
+        try:
+            async def declared() -> bool:
+                assert op.proc.poll() is None, op.log[-3000:]
+                return bool(await conn.fetchval("SELECT 1 FROM shoal.queues WHERE name = $1", f"{namespace}.emails"))
+
+            await eventually(declared, timeout=30)
+            for _ in range(3):
+                await enqueue(conn, f"{namespace}.emails", "send", {})
+        finally:
+            await conn.close()
+
+        async def columns() -> list[str] | None:
+            row = kubectl("get", "queues", ns, "--no-headers").stdout.split()
+            return row if row[:4] == ["emails", "3", "0", "1"] else None
+
+        await eventually(columns, timeout=30)
+        wide = kubectl("get", "queues", ns, "-o", "wide", "--no-headers").stdout.split()
+        assert wide[5] == f"{namespace}.emails"  # the QUEUE column
+    finally:
+        op.stop()

@@ -1,0 +1,33 @@
+"""Why a resource cannot be reconciled right now, as a value the reconcilers turn into a
+False condition and an Event.
+
+``transient`` problems (a missing Secret, an unreachable database, a Queue not created
+yet) can fix themselves without a spec change: they are retried with backoff. The others
+(an invalid cron expression, an unknown time zone) need the user to edit the spec; they
+are reported and left until the spec changes (which triggers a new reconcile anyway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.operator.conditions import Condition
+
+
+@dataclass
+class Problem(Exception):
+    condition_type: str
+    reason: str
+    message: str
+    transient: bool = True
+
+    def __str__(self) -> str:
+        return self.message
+
+    def condition(self) -> Condition:
+        return Condition.false(self.condition_type, self.reason, self.message)
+
+
+def backoff_seconds(retry: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential retry delay for transient problems: 1, 2, 4, ... up to ``cap`` seconds."""
+    return float(min(cap, base * (2 ** max(0, min(retry, 16)))))
