@@ -89,10 +89,14 @@ def _run_at(job: NewJob, where: str) -> datetime | None:
 def _columns(jobs: Sequence[NewJob]) -> _Columns:
     cols = _Columns()
     many = len(jobs) > 1
+    valid_queues: set[str] = set()
+    valid_tasks: set[str] = set()
     for i, job in enumerate(jobs):
         where = f"jobs[{i}]." if many else ""
-        names.queue_name(job.queue, f"{where}queue")
-        names.task_name(job.task, f"{where}task")
+        if not isinstance(job.queue, str) or job.queue not in valid_queues:  # check each name once
+            valid_queues.add(names.queue_name(job.queue, f"{where}queue"))
+        if not isinstance(job.task, str) or job.task not in valid_tasks:
+            valid_tasks.add(names.task_name(job.task, f"{where}task"))
         if not isinstance(job.priority, int) or not -32768 <= job.priority <= 32767:
             raise ValidationError(f"{where}priority", f"priority must be an integer in -32768..32767, got {job.priority!r}")
         if job.max_attempts is not None and (not isinstance(job.max_attempts, int) or job.max_attempts < 1):

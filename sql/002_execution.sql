@@ -64,18 +64,17 @@ BEGIN
         t0 := clock_timestamp();
     END IF;
 
+    -- `id = ANY(ARRAY(...))` keeps the update on the primary key: joining a CTE instead let
+    -- the planner hash-join against a scan of the whole table.
     RETURN QUERY
-    WITH c AS (
-        SELECT j.id FROM shoal.jobs j
-         WHERE j.queue = p_queue AND j.state = 'pending' AND j.run_at <= t0
-         ORDER BY j.priority DESC, j.run_at, j.id
-         LIMIT allowed
-           FOR UPDATE SKIP LOCKED
-    )
     UPDATE shoal.jobs j
        SET state = 'running', attempts = j.attempts + 1, worker_id = p_worker, started_at = t0
-      FROM c
-     WHERE j.id = c.id
+     WHERE j.id = ANY(ARRAY(
+        SELECT c.id FROM shoal.jobs c
+         WHERE c.queue = p_queue AND c.state = 'pending' AND c.run_at <= t0
+         ORDER BY c.priority DESC, c.run_at, c.id
+         LIMIT allowed
+           FOR UPDATE SKIP LOCKED))
     RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.run_at;
     GET DIAGNOSTICS claimed = ROW_COUNT;
 
@@ -148,23 +147,12 @@ END $$;
 
 -- Tell waiters (wait_for) which jobs reached a final state; payloads stay under NOTIFY's 8000 bytes.
 CREATE FUNCTION shoal.notify_done(ids bigint[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    chunk text := '';
-    x bigint;
-BEGIN
-    IF ids IS NULL OR cardinality(ids) = 0 THEN
-        RETURN;
-    END IF;
-    FOREACH x IN ARRAY ids LOOP
-        IF length(chunk) > 7000 THEN
-            PERFORM pg_notify('shoal_done', chunk);
-            chunk := '';
-        END IF;
-        chunk := chunk || CASE WHEN chunk = '' THEN '' ELSE ',' END || x::text;
-    END LOOP;
-    PERFORM pg_notify('shoal_done', chunk);
-END $$;
+LANGUAGE sql AS $$
+    SELECT count(pg_notify('shoal_done', chunk))::integer
+      FROM (SELECT string_agg(x::text, ',') AS chunk
+              FROM unnest(ids) WITH ORDINALITY AS t(x, i)
+             GROUP BY (i - 1) / 350) s;  -- 350 ids of up to 20 characters stay under 8000 bytes
+$$;
 
 -------------------------------------------------------------------------------
 -- Liveness: one row per worker, not per job. Returns the jobs the database thinks this

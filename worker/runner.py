@@ -506,7 +506,8 @@ class Worker:
         if orphans:
             # A claim committed but its answer was lost (connection cut): nobody would run these.
             n = await self.pool.fetchval(queries.RELEASE, cfg.worker_id, orphans, False)  # type: ignore[union-attr]
-            log.warning("released jobs claimed by a lost request", extra={"released": n})
+            if n:  # 0 when the read merely predates our own completion of those jobs
+                log.warning("released jobs claimed by a lost request", extra={"released": n})
 
     async def _prune(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
