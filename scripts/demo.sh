@@ -3,6 +3,9 @@
 # a burst of jobs drained by autoscaled local workers, then scaled back to zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The repo root holds a folder named `operator` (mapped to shoal.operator): never let it shadow
+# the standard library's `operator` through the current directory on sys.path.
+export PYTHONSAFEPATH=1
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi

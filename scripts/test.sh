@@ -2,6 +2,9 @@
 # Install the project with its dev tools into .venv (idempotent), lint, type-check, run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The repo root holds a folder named `operator` (mapped to shoal.operator): never let it shadow
+# the standard library's `operator` through the current directory on sys.path.
+export PYTHONSAFEPATH=1
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
