@@ -39,6 +39,8 @@ from shoal.worker import metrics
 
 log = logging.getLogger("shoal.worker")
 
+# Jobs shorter than this on average are claimed one batch ahead (see Worker._free_slots).
+_PREFETCH_BELOW = 0.002
 _MAINTENANCE_LOCK = int.from_bytes(b"shoalmnt", "big") & 0x7FFF_FFFF_FFFF_FFFF
 assert builtin_tasks  # registered on import
 
@@ -94,6 +96,9 @@ class Worker:
         self.buffer: collections.deque[Job | list[Job]] = collections.deque()  # claimed, not started
         self.executing: dict[int, asyncio.Task[None]] = {}  # job id -> runner executing it
         self.busy = 0  # runners executing a job or a batch
+        self.buffered = 0  # jobs in `buffer`
+        self.claiming = 0  # jobs asked for by claims in flight
+        self.avg_duration = 1.0  # moving average of handler run time; assume slow until measured
         self.outcomes: list[Outcome] = []
         self.cancelling: set[int] = set()
         self.wake = asyncio.Event()
@@ -114,6 +119,7 @@ class Worker:
             log.info("stop requested: no new claims, draining", extra={"in_flight": len(self.held)})
             self.stopping.set()
             self.buffer.clear()  # not started: released on exit, attempts unchanged
+            self.buffered = 0
             for event in (self.wake, self.slot_freed, self.work_ready):
                 event.set()
 
@@ -139,7 +145,10 @@ class Worker:
         log.info("worker started", extra={"queue": cfg.queue, "worker_id": cfg.worker_id,
                                           "concurrency": cfg.concurrency})
         runners = [asyncio.create_task(self._runner()) for _ in range(cfg.concurrency)]
-        loops = [asyncio.create_task(c) for c in (self._claimer(), self._completer(), self._keeper())]
+        # Two claimers: while one claim is on the server the other can be too (SKIP LOCKED keeps
+        # them apart), so a fast queue keeps both database cores busy.
+        loops = [asyncio.create_task(c) for c in (self._claimer(), self._claimer(), self._completer(),
+                                                   self._keeper())]
         try:
             await self.stopping.wait()
             await self._drain(runners)
@@ -179,13 +188,16 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------------
     def _free_slots(self) -> int:
-        """Runners that would be idle. Outcomes still being written do not hold a slot, so the
+        """How many jobs to claim now. Outcomes still being written do not hold a slot, so the
         next claim overlaps the previous write; a bound on unwritten outcomes keeps memory flat
-        when the database is slow."""
+        when the database is slow. For short jobs (under `_PREFETCH_BELOW` seconds on average)
+        one extra batch is claimed ahead, so runners never wait for a claim's round trip;
+        slow jobs are never held back from other pods that way."""
         cfg = self.config
         if len(self.outcomes) > 4 * cfg.concurrency:
             return 0
-        return cfg.concurrency - self.busy - sum(len(w) if isinstance(w, list) else 1 for w in self.buffer)
+        ahead = cfg.concurrency if self.avg_duration < _PREFETCH_BELOW else 0
+        return cfg.concurrency + ahead - self.busy - self.buffered - self.claiming
 
     async def _claimer(self) -> None:
         cfg = self.config
@@ -200,6 +212,7 @@ class Worker:
             self.wake.clear()
             self._claims_started += 1
             self._claims_in_flight += 1
+            self.claiming += free
             try:
                 rows = await self.pool.fetch(queries.CLAIM, cfg.queue, cfg.worker_id, free,  # type: ignore[union-attr]
                                              _interval(cfg.stale_after))
@@ -212,6 +225,7 @@ class Worker:
                 continue
             finally:
                 self._claims_in_flight -= 1
+                self.claiming -= free
             if rows and rows[0]["id"] is None:
                 await self._throttled(rows[0]["task"], rows[0]["run_at"])
             elif rows:
@@ -267,6 +281,7 @@ class Worker:
         for name, jobs in batches.items():
             size = registry.tasks[name].batch_size
             self.buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
+        self.buffered += len(rows)
         for task, n in claimed.items():
             metrics.JOBS_CLAIMED.labels(queue, task).inc(n)
         metrics.IN_FLIGHT.labels(queue).set(len(self.held))
@@ -284,6 +299,7 @@ class Worker:
                 self.work_ready.clear()
                 await self.work_ready.wait()
             item = self.buffer.popleft()
+            self.buffered -= len(item) if isinstance(item, list) else 1
             self.busy += 1
             try:
                 if isinstance(item, list):
@@ -348,7 +364,9 @@ class Worker:
             outcome = Outcome(job, "cancel", "cancelled while running")
         except Exception as exc:
             outcome = self._failure(job, exc)
-        self._timers_for(job.task)[0].observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.avg_duration += (elapsed - self.avg_duration) * 0.02
+        self._timers_for(job.task)[0].observe(elapsed)
         self._record_later([outcome])
 
     async def _run_batch(self, jobs: list[Job]) -> None:
