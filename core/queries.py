@@ -20,22 +20,15 @@ TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 SCHEMA_READY = "SELECT to_regclass('shoal.jobs') IS NOT NULL"
 
 # --- queues -------------------------------------------------------------------
-QUEUE_GET = """
+_QUEUE_COLUMNS = """
 SELECT name, paused, concurrency_limit, rate_limit,
        extract(epoch FROM rate_period)::integer AS rate_period_seconds,
        max_attempts,
        extract(epoch FROM keep_succeeded)::integer AS keep_succeeded_seconds,
        extract(epoch FROM keep_failed)::integer AS keep_failed_seconds
-  FROM shoal.queues WHERE name = $1
-"""
-QUEUE_LIST = """
-SELECT name, paused, concurrency_limit, rate_limit,
-       extract(epoch FROM rate_period)::integer AS rate_period_seconds,
-       max_attempts,
-       extract(epoch FROM keep_succeeded)::integer AS keep_succeeded_seconds,
-       extract(epoch FROM keep_failed)::integer AS keep_failed_seconds
-  FROM shoal.queues ORDER BY name
-"""
+  FROM shoal.queues"""
+QUEUE_GET = _QUEUE_COLUMNS + " WHERE name = $1"
+QUEUE_LIST = _QUEUE_COLUMNS + " ORDER BY name"
 QUEUE_UPSERT = """
 INSERT INTO shoal.queues AS q (name, paused, concurrency_limit, rate_limit, rate_period, max_attempts,
                                keep_succeeded, keep_failed)

@@ -88,3 +88,17 @@ async def until_terminated() -> None:
 def timed() -> Callable[[], float]:
     start = time.perf_counter()
     return lambda: time.perf_counter() - start
+
+
+def dispatch(setup: Callable[[str], Awaitable[None]], enqueue: Callable[[str, int], Awaitable[None]],
+             worker: Callable[[str, bool], Awaitable[None]], produce: Callable[[str], Awaitable[None]]) -> None:
+    """Run the adapter command named on the command line (the protocol above)."""
+    args = parse_args()
+    if args.command == "setup":
+        asyncio.run(setup(args.url))
+    elif args.command == "enqueue":
+        asyncio.run(enqueue(args.url, args.jobs))
+    elif args.command == "worker":
+        asyncio.run(worker(args.url, args.latency))
+    else:
+        asyncio.run(produce(args.url))

@@ -112,15 +112,7 @@ async def produce(url: str) -> None:
 
 
 def main() -> None:
-    args = c.parse_args()
-    if args.command == "setup":
-        asyncio.run(setup(args.url))
-    elif args.command == "enqueue":
-        asyncio.run(enqueue(args.url, args.jobs))
-    elif args.command == "worker":
-        asyncio.run(worker(args.url, args.latency))
-    else:
-        asyncio.run(produce(args.url))
+    c.dispatch(setup, enqueue, worker, produce)
 
 
 if __name__ == "__main__":
