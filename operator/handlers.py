@@ -6,6 +6,10 @@ Handler map (all for group shoal.dev, version v1alpha1):
   database unreachable) raises TemporaryError so kopf retries with exponential backoff.
 - Queue timer (every ``resync_seconds``) → `reconcile_queue` again: drift correction of the
   Deployment, pending/running counts, conditions. Never raises: the next tick retries.
+- Queue daemon → `shoal.operator.scaling.QueueScaler`: the Queue's autoscaler, a control
+  loop that sets the worker Deployment's replicas through its scale subresource and owns
+  the counts and replicas in the Queue's status. Kopf runs it only on the active replica
+  (peering pauses stop daemons) and stops it before the Queue's deletion handler runs.
 - Queue delete → `delete_queue_resources` (explicit Deployment delete; jobs kept unless
   ``deletionPolicy: Delete``). Kopf's finalizer keeps the Queue until this succeeds.
 - CronJob create / update / resume → one immediate `reconcile_cron` (quick feedback on a
@@ -30,6 +34,7 @@ from shoal.operator.cron_reconciler import CronMemo, CronResult, reconcile_cron
 from shoal.operator.databases import Databases
 from shoal.operator.problems import Problem, backoff_seconds
 from shoal.operator.queue_reconciler import QueueResult, delete_queue_resources, reconcile_queue
+from shoal.operator.scaling import QueueScaler, run_queue_scaler
 
 GROUP, VERSION = "shoal.dev", "v1alpha1"
 log = logging.getLogger("shoal.operator")
@@ -116,6 +121,16 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, databases:
     async def queue_resync(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
                            patch: kopf.Patch, **_: Any) -> None:
         await queue(body, spec, status, meta, patch)
+
+    # The autoscaler: one long-running loop per Queue. On stop (Queue deleted, this replica
+    # paused by peering, operator exiting) it is asked to exit at its next wait; after
+    # cancellation_backoff it is cancelled, and abandoned after cancellation_timeout more.
+    @kopf.daemon(GROUP, VERSION, "queues", cancellation_backoff=5.0, cancellation_timeout=10.0,
+                 registry=registry)
+    async def queue_autoscaler(stopped: kopf.DaemonStopped, body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
+        scaler = QueueScaler(name=meta["name"], namespace=meta["namespace"], body=body, databases=databases,
+                             emit=lambda kind, reason, message: _post(body, [(kind, reason, message)]))
+        await run_queue_scaler(scaler, stopped)
 
     @kopf.on.delete(GROUP, VERSION, "queues", registry=registry)
     async def queue_deleted(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, retry: int, **_: Any) -> None:

@@ -29,6 +29,9 @@ API_CALLS: dict[tuple[str, str, str], str] = {
     ("apps", "deployments", "create"): "create_deployment: a Queue's workers",
     ("apps", "deployments", "patch"): "patch_deployment: drift correction and spec updates",
     ("apps", "deployments", "delete"): "delete_deployment: Queue deletion",
+    ("apps", "deployments/scale", "get"): "read_deployment_scale: the autoscaler's current replicas",
+    ("apps", "deployments/scale", "patch"): "scale_deployment: the autoscaler sets replicas",
+    ("shoal.dev", "queues/status", "patch"): "patch_queue_status: the autoscaler's counts and last scale",
 }
 
 
@@ -109,3 +112,39 @@ async def delete_deployment(namespace: str, name: str) -> bool:
         return True
     except NotFound:
         return False
+
+
+_SHARED: dict[str, Any] = {}
+TICK_TIMEOUT = 10.0  # seconds: a hung API call must not stall a Queue's autoscaler forever
+
+
+def _shared_client() -> Any:
+    """One ApiClient (one HTTP connection pool) for the calls made every autoscaler tick, so a
+    tick does not open a new connection; urllib3's pool is thread-safe."""
+    client = _SHARED.get("client")
+    if client is None:
+        client = _SHARED["client"] = kubernetes.client.ApiClient()
+    return client
+
+
+async def read_deployment_scale(namespace: str, name: str) -> int:
+    """``spec.replicas`` of a Deployment's scale subresource. Raises NotFound."""
+    api = kubernetes.client.AppsV1Api(_shared_client())
+    scale = await _call(api.read_namespaced_deployment_scale, name, namespace, _request_timeout=TICK_TIMEOUT)
+    return int((scale.get("spec") or {}).get("replicas") or 0)
+
+
+async def scale_deployment(namespace: str, name: str, replicas: int) -> int:
+    """Set ``spec.replicas`` through the scale subresource (nothing else of the Deployment is
+    touched, so it never conflicts with a template rollout). Returns the new count."""
+    api = kubernetes.client.AppsV1Api(_shared_client())
+    scale = await _call(api.patch_namespaced_deployment_scale, name, namespace, {"spec": {"replicas": replicas}},
+                        _content_type=MERGE_PATCH, _request_timeout=TICK_TIMEOUT)
+    return int((scale.get("spec") or {}).get("replicas") or 0)
+
+
+async def patch_queue_status(namespace: str, name: str, status: Mapping[str, Any]) -> JSON:
+    """Merge ``status`` into a Queue's status subresource (only the keys given change)."""
+    api = kubernetes.client.CustomObjectsApi(_shared_client())
+    return await _call(api.patch_namespaced_custom_object_status, "shoal.dev", "v1alpha1", namespace, "queues",
+                       name, {"status": dict(status)}, _content_type=MERGE_PATCH, _request_timeout=TICK_TIMEOUT)

@@ -4,6 +4,12 @@ Called on create/update/resume and on every resync (the timer), so it is idempot
 cheap when nothing changed: it reads the Deployment and writes only a drift patch; it
 declares the queue in Postgres with the whole spec (``put_queue`` makes it exactly that).
 
+Status is split between two writers that never write the same key: this reconciler owns
+``queueName``, ``deployment``, ``conditions`` and ``observedGeneration``; the Queue's
+autoscaler (`shoal.operator.scaling`) owns the counts and replicas (``pending``,
+``running``, ``replicas``, ``desiredReplicas``, ``lastScaleTime``, ``lastScaleReason``) and
+their gauges. Both send merge patches of their own keys only, so neither clobbers the other.
+
 The Deployment is converged whenever the spec is valid, even if the operator cannot reach
 the database right now: its content does not depend on the database (workers get the URL
 from the Secret themselves), and a network problem between the operator and Postgres must
@@ -12,12 +18,10 @@ not block a worker rollout.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal import queries
 from shoal.errors import ValidationError
 from shoal.operator import kube, metrics
 from shoal.operator.conditions import (
@@ -40,7 +44,6 @@ from shoal.operator.sources import database_pool, database_url
 from shoal.queues import QueueConfig, get_queue, put_queue
 
 Emit = Callable[[str, str, str], None]  # (type, reason, message)
-COUNT_CAP = 100_000  # status counts stop here, so measuring stays cheap on a deep queue
 
 
 @dataclass
@@ -151,7 +154,6 @@ async def reconcile_queue(*, name: str, namespace: str, uid: str, spec: Mapping[
     causes.append(Condition.true(SPEC_VALID, "Valid", "the spec is valid"))
 
     db_causes: list[Condition] = []
-    started = time.perf_counter()
     try:
         url = await database_url(namespace, spec.get("databaseSecretRef") or {})
         pool = await database_pool(databases, url)
@@ -162,10 +164,6 @@ async def reconcile_queue(*, name: str, namespace: str, uid: str, spec: Mapping[
         if change:
             emit("Normal", "QueueConfigured", change)
         db_causes.append(Condition.true(QUEUE_DECLARED, "Declared", f"queue {config.name!r} is declared"))
-        row = await pool.fetchrow(queries.QUEUE_PENDING_RUNNING, config.name, COUNT_CAP)
-        result_status["pending"], result_status["running"] = int(row["pending"]), int(row["running"])
-        metrics.QUEUE_PENDING.labels(config.name).set(result_status["pending"])
-        metrics.QUEUE_RUNNING.labels(config.name).set(result_status["running"])
     except Problem as problem:
         retry = problem
         db_causes = [problem.condition()] if problem.condition_type == DATABASE_REACHABLE else [*db_causes,
@@ -182,14 +180,9 @@ async def reconcile_queue(*, name: str, namespace: str, uid: str, spec: Mapping[
     try:
         live = await converge_deployment(owner, config.name, spec, emit)
         causes.append(availability(live))
-        current = int((live.get("spec") or {}).get("replicas") or 0)
-        result_status["replicas"] = current
-        metrics.CURRENT_REPLICAS.labels(config.name).set(current)
-        metrics.DESIRED_REPLICAS.labels(config.name).set(current)
     except Problem as problem:
         causes.append(problem.condition())
         retry = retry or problem
-    metrics.SCALE_DECISION_SECONDS.labels(config.name).observe(time.perf_counter() - started)
     return _finish(causes, previous, now, generation, result_status, events, retry)
 
 

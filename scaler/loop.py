@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import asyncpg
@@ -70,6 +70,7 @@ class EnqueueWakeups:
         self.database_url = database_url
         self.events: dict[str, set[asyncio.Event]] = {}
         self.conn: asyncpg.Connection | None = None
+        self._connecting = asyncio.Lock()  # many loops share one listener: connect it once
 
     def subscribe(self, queue: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -82,8 +83,12 @@ class EnqueueWakeups:
     async def ensure_connected(self) -> None:
         if self.conn is not None and not self.conn.is_closed():
             return
-        self.conn = await asyncpg.connect(self.database_url)
-        await self.conn.add_listener("shoal_jobs", self._on_notify)
+        async with self._connecting:
+            if self.conn is not None and not self.conn.is_closed():
+                return
+            conn = await asyncpg.connect(self.database_url)
+            await conn.add_listener("shoal_jobs", self._on_notify)
+            self.conn = conn
         for events in self.events.values():  # we may have missed some while disconnected
             for event in events:
                 event.set()
@@ -106,6 +111,7 @@ class Autoscaler:
                  policy: Callable[[], Policy], interval: float = 1.0,
                  wakeups: EnqueueWakeups | None = None,
                  on_decision: Callable[[Decision, Measurement, int], Any] | None = None,
+                 paused: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.queue = queue
         self.pool = pool
@@ -114,6 +120,7 @@ class Autoscaler:
         self.interval = interval
         self.wakeups = wakeups
         self.on_decision = on_decision
+        self.paused = paused  # a paused queue starts no job: its backlog must not add replicas
         self.clock = clock
         self.state = ScalerState()
         self.last: Decision | None = None
@@ -122,9 +129,14 @@ class Autoscaler:
         policy = self.policy()
         m = await measure(self.pool, self.queue, policy)
         current = await self.target.current_replicas()
-        obs = Observation(ready=m.ready, running=m.running, current_replicas=current, now=self.clock(),
-                          ready_capped=m.ready_capped)
+        paused = self.paused is not None and self.paused()
+        # Paused: only running jobs count (they finish on the pods they have); the backlog
+        # waits for the queue to resume and then wakes the loop like a burst.
+        obs = Observation(ready=0 if paused else m.ready, running=m.running, current_replicas=current,
+                          now=self.clock(), ready_capped=m.ready_capped and not paused)
         decision, self.state = decide(obs, policy, self.state)
+        if paused:
+            decision = replace(decision, reason=f"{decision.reason} (queue paused: {m.ready} ready not counted)")
         if decision.desired != current:
             log.info("scaling", extra={"queue": self.queue, "from": current, "to": decision.desired,
                                        "reason": decision.reason})

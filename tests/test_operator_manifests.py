@@ -13,7 +13,8 @@ from shoal.operator import conditions as c
 from shoal.operator.deployment import Owner, build_deployment, contains, drift_patch, worker_args
 from shoal.operator.priority import derive_priority, peering_priority
 from shoal.operator.queue_config import postgres_queue_name, queue_config
-from shoal.operator.replicas import replica_bounds, replicas_to_set
+from shoal.operator.replicas import autoscaling_enabled, replica_bounds, replicas_to_set
+from shoal.operator.scaling import database_reachable, poll_interval, queue_policy, retry_delay, status_patch
 from shoal.ratelimit import RateLimit
 
 OWNER = Owner(name="emails", namespace="prod", uid="uid-1")
@@ -152,6 +153,10 @@ def test_queue_config_mapping() -> None:
     ({"minReplicas": 2, "maxReplicas": 5}, 4, None),      # a scaler's count within bounds is kept
     ({"minReplicas": 2, "maxReplicas": 5}, 1, 2),         # raised to a new minimum
     ({"minReplicas": 2, "maxReplicas": 5}, 9, 5),         # lowered to a new maximum
+    ({"minReplicas": 2, "maxReplicas": 2}, None, 2),      # autoscaling off: a new Deployment gets the count
+    ({"minReplicas": 2, "maxReplicas": 2}, 5, None),      # ... then whoever owns it (KEDA, HPA) keeps theirs
+    ({"minReplicas": 2, "maxReplicas": 2}, 0, None),
+    ({"minReplicas": 0, "maxReplicas": 1, "scaleToZero": True}, 3, 1),  # 0..1 with scale to zero: autoscaled
 ])
 def test_replicas_to_set(autoscaling: dict[str, Any], current: int | None, expected: int | None) -> None:
     assert replicas_to_set(autoscaling, current) == expected
@@ -165,6 +170,7 @@ def test_replica_bounds_match_the_scaler_policy() -> None:
                  {"minReplicas": 4, "maxReplicas": 4}, {"minReplicas": 2, "maxReplicas": 9}):
         policy = Policy.from_spec(auto, concurrency=1)
         assert replica_bounds(auto) == (policy.effective_min, policy.max_replicas)
+        assert autoscaling_enabled(auto) == policy.autoscaling_enabled
 
 
 def test_drift_patch() -> None:
@@ -237,3 +243,60 @@ def test_priorities_differ_per_replica_and_can_be_overridden() -> None:
     assert peering_priority({"HOSTNAME": "h"}) == derive_priority("h")
     with pytest.raises(Exception, match="SHOAL_OPERATOR_PRIORITY"):
         peering_priority({"SHOAL_OPERATOR_PRIORITY": "high"})
+
+
+# ---------------------------------------------------------------- autoscaler (Kubernetes backend)
+
+def test_queue_policy_from_spec() -> None:
+    policy = queue_policy(spec(concurrency=5, rateLimit="120/m", concurrencyLimit=12, autoscaling={
+        "minReplicas": 0, "scaleToZero": True, "maxReplicas": 4, "scaleDownDelaySeconds": 2,
+        "targetPerReplica": 8, "pollIntervalSeconds": 0.5}))
+    assert (policy.min_replicas, policy.max_replicas, policy.concurrency, policy.target, policy.scale_down_delay,
+            policy.scale_to_zero, policy.rate_limit, policy.concurrency_limit) == (0, 4, 5, 8, 2.0, True, 2.0, 12)
+    defaults = queue_policy(spec())  # the CRD's defaults when the API server did not apply them
+    assert (defaults.min_replicas, defaults.max_replicas, defaults.concurrency, defaults.scale_down_delay,
+            defaults.rate_limit, defaults.concurrency_limit) == (1, 10, 10, 60.0, None, None)
+    assert not queue_policy(spec(autoscaling={"minReplicas": 3, "maxReplicas": 3})).autoscaling_enabled
+    with pytest.raises(ValidationError):
+        queue_policy(spec(autoscaling={"minReplicas": 5, "maxReplicas": 2}))
+
+
+@pytest.mark.parametrize(("autoscaling", "expected"), [
+    ({}, 1.0), ({"pollIntervalSeconds": 2.5}, 2.5), ({"pollIntervalSeconds": 0}, 1.0),
+    ({"pollIntervalSeconds": "soon"}, 1.0), ({"pollIntervalSeconds": 0.001}, 0.05),
+    ({"pollIntervalSeconds": 1e9}, 3600.0),
+])
+def test_poll_interval(autoscaling: dict[str, Any], expected: float) -> None:
+    assert poll_interval({"autoscaling": autoscaling}) == expected
+
+
+def test_retry_delay_backs_off_to_a_cap() -> None:
+    assert [retry_delay(1.0, n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert retry_delay(0.2, 1) == 1.0 and retry_delay(10, 1) == 10 and retry_delay(10, 99) == 30
+
+
+WRITTEN = {"pending": 5, "running": 1, "replicas": 2, "desiredReplicas": 2}
+
+
+@pytest.mark.parametrize(("wanted", "last_patch", "expected"), [
+    (WRITTEN, 0.0, None),                                                # nothing changed: no patch
+    ({**WRITTEN, "pending": 6}, 9.0, None),                              # counts only, 1 s after the last
+    ({**WRITTEN, "pending": 6}, 5.0, {"pending": 6}),                    # counts only, 5 s after
+    ({**WRITTEN, "pending": 6}, None, {"pending": 6}),                   # first patch of this loop
+    ({**WRITTEN, "replicas": 3, "desiredReplicas": 3, "pending": 9}, 9.9,  # a scale: at once, with counts
+     {"replicas": 3, "desiredReplicas": 3, "pending": 9}),
+    ({**WRITTEN, "lastScaleTime": "t", "lastScaleReason": "r"}, 9.9, {"lastScaleTime": "t", "lastScaleReason": "r"}),
+    ({**WRITTEN, "replicas": 7}, 9.9, {"replicas": 7}),                  # someone else scaled: shown at once
+])
+def test_status_patch(wanted: dict[str, Any], last_patch: float | None, expected: dict[str, Any] | None) -> None:
+    assert status_patch(WRITTEN, wanted, now=10.0, last_patch=last_patch, min_interval=5.0) == expected
+
+
+def test_database_reachable_reads_the_reconcilers_condition() -> None:
+    def status(value: str) -> dict[str, Any]:
+        return {"conditions": [{"type": "Ready", "status": "True"}, {"type": "DatabaseReachable", "status": value}]}
+
+    assert database_reachable(status("True")) is True
+    assert database_reachable(status("False")) is False
+    assert database_reachable(status("Unknown")) is None
+    assert database_reachable({}) is None

@@ -155,8 +155,18 @@ async def test_queue_lifecycle(kubectl: Kubectl, crds_installed: list[str], name
     dep = await eventually(updated, timeout=30)
     assert "nodeSelector" not in dep["spec"]["template"]["spec"]
 
-    # A scaler's replica count within bounds survives; drift in the template is corrected.
-    kubectl("scale", "deployment", "mail-workers", ns, "--replicas=4")
+    # The autoscaler's replica count within bounds survives; drift in the template is corrected.
+    # (2 more jobs make 4 ready; with targetPerReplica 1 and no rate limit to cap it, the
+    # autoscaler asks for 4 replicas.)
+    kubectl("patch", "queue", "mail", ns, "--type=merge", "-p",
+            json.dumps({"spec": {"rateLimit": None, "autoscaling": {"targetPerReplica": 1}}}))
+    await enqueue(db_url, pg_name, "t", {})
+    await enqueue(db_url, pg_name, "t", {})
+
+    async def autoscaled() -> Any:
+        return (get(kubectl, "deployment", "mail-workers", namespace) or {}).get("spec", {}).get("replicas") == 4
+
+    await eventually(autoscaled, timeout=30)
     kubectl("patch", "deployment", "mail-workers", ns, "--type=json", "-p", json.dumps([
         {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:1"}]))
 
@@ -173,7 +183,7 @@ async def test_queue_lifecycle(kubectl: Kubectl, crds_installed: list[str], name
     kubectl("delete", "queue", "mail", ns, "--wait=true", "--timeout=30s")
     assert get(kubectl, "deployment", "mail-workers", namespace) is None
     assert await db_queue(db_url, pg_name) is not None
-    assert len(await db_fetch(db_url, "SELECT id FROM shoal.jobs WHERE queue = $1", pg_name)) == 2
+    assert len(await db_fetch(db_url, "SELECT id FROM shoal.jobs WHERE queue = $1", pg_name)) == 4
     alive(op)
 
 
