@@ -49,8 +49,6 @@ QUEUE_DELETE_JOBS = "DELETE FROM shoal.jobs WHERE queue = $1"
 QUEUE_DELETE = "DELETE FROM shoal.queues WHERE name = $1"
 
 # --- counts -------------------------------------------------------------------
-READY_COUNT = "SELECT shoal.ready_count($1, $2)"
-RUNNING_COUNT = "SELECT shoal.running_count($1, $2)"
 READY_AND_RUNNING = "SELECT shoal.ready_count($1, $2) AS ready, shoal.running_count($1, $2) AS running"
 STATE_COUNTS = """
 SELECT q.name AS queue,
@@ -113,11 +111,4 @@ SELECT (SELECT max(tick) FROM shoal.cron_ticks WHERE cron_name = $1) AS last_tic
                       WHERE cron_name = $1 AND job_id IS NOT NULL
                       ORDER BY tick DESC LIMIT 1) t ON true
 """
-# Pending (including scheduled for later) and running jobs of a queue, each capped so the
-# cost stays flat however deep the queue is.
-QUEUE_PENDING_RUNNING = """
-SELECT (SELECT count(*) FROM (SELECT 1 FROM shoal.jobs
-                               WHERE queue = $1 AND state = 'pending' LIMIT $2) p) AS pending,
-       (SELECT count(*) FROM (SELECT 1 FROM shoal.jobs
-                               WHERE queue = $1 AND state = 'running' LIMIT $2) r) AS running
-"""
+
