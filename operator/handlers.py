@@ -74,7 +74,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, databases:
         settings.persistence.finalizer = "shoal.dev/operator"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="shoal.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="shoal.dev")
-        settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+        settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

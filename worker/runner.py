@@ -450,9 +450,7 @@ class Worker:
         except (asyncpg.PostgresError, ShoalError) as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
                 raise
-            failed = Outcome(outcome.job, "fail", f"follow-up jobs could not be enqueued: {exc}",
-                             retry_delay(outcome.job.attempt, base=self.config.backoff_base,
-                                         cap=self.config.backoff_cap, rng=self._rng))
+            failed = self._failure(outcome.job, RuntimeError(f"follow-up jobs could not be enqueued: {exc}"))
             outcome.job.followups = []
             await self._complete(conn, [failed])
             outcome.kind, outcome.error, outcome.delay = failed.kind, failed.error, failed.delay
