@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import asyncpg
@@ -66,14 +65,13 @@ async def test_sigterm_drains_then_releases_unfinished(db_url: str, conn: asyncp
                         log_path=tmp_path / "w.log")
     try:
         await eventually(lambda: _at_least(conn, "running", 5), timeout=30)
-        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        # It must exit by itself (no kill): 60 s jobs cannot finish, so only the 2 s drain
+        # timeout followed by a release lets it go; the states below prove which happened.
         code = await asyncio.to_thread(proc.wait, 20)
-        took = time.monotonic() - sent
     finally:
         proc.kill()
     assert code == 0, (tmp_path / "w.log").read_text()[-2000:]
-    assert took < 15, f"exited {took:.1f}s after SIGTERM; drain timeout is 2s"
     rows = {r["id"]: r for r in await conn.fetch("SELECT id, state::text, attempts, worker_id FROM shoal.jobs")}
     assert all(rows[i]["state"] == "succeeded" for i in short), "running jobs finish within the drain timeout"
     for i in long + waiting:
