@@ -1,0 +1,64 @@
+"""The core issue's two figures: one 50,000-job `enqueue_many` batch, and one `shoal worker`
+process draining 50,000 `shoal.noop` jobs (timed from process start, start-up included).
+
+    .venv/bin/python bench/core_figures.py [--jobs 50000] [--concurrency 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from shoal import client, queues
+from shoal.client import NewJob
+from shoal.embedded import start_embedded
+from shoal.migrate import migrate
+
+
+def spawn_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SHOAL_DATABASE_URL": url}
+    return subprocess.Popen([sys.executable, "-m", "shoal.cli", "--log-level", "warning", "worker",
+                             "--queue", "core", "--concurrency", str(concurrency)], env=env)
+
+
+async def main(args: argparse.Namespace) -> None:
+    pg = start_embedded(Path(tempfile.mkdtemp(prefix="shoal-core-")) / "data")
+    try:
+        await migrate(pg.url)
+        conn = await asyncpg.connect(pg.url)
+        await queues.declare_queue(conn, "core")
+        jobs = [NewJob("core", "shoal.noop", {"n": i}) for i in range(args.jobs)]
+        started = time.perf_counter()
+        await client.enqueue_many(conn, jobs)
+        took = time.perf_counter() - started
+        print(f"enqueue: one batch of {args.jobs:,} in {took:.3f}s = {args.jobs / took:,.0f} jobs/s")
+        await conn.execute("VACUUM ANALYZE shoal.jobs")
+        started = time.perf_counter()
+        worker = spawn_worker(pg.url, args.concurrency)
+        while True:  # poll the table: the finish line is "no job left", seen from outside
+            if not await conn.fetchval("SELECT count(*) FROM shoal.jobs"):
+                break
+            await asyncio.sleep(0.01)
+        took = time.perf_counter() - started
+        print(f"drain: {args.jobs:,} shoal.noop jobs, one worker process, in {took:.3f}s "
+              f"(process start-up included) = {args.jobs / took:,.0f} jobs/s")
+        worker.terminate()
+        worker.wait()
+        await conn.close()
+    finally:
+        pg.destroy()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--concurrency", type=int, default=500)
+    asyncio.run(main(parser.parse_args()))
