@@ -8,32 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import asyncpg
+from _local import database, spawn_worker
 
 from shoal import client, queues
 from shoal.client import NewJob
-from shoal.embedded import start_embedded
 from shoal.migrate import migrate
 
 
-def spawn_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SHOAL_DATABASE_URL": url}
-    return subprocess.Popen([sys.executable, "-m", "shoal.cli", "--log-level", "warning", "worker",
-                             "--queue", "core", "--concurrency", str(concurrency)], env=env)
-
-
 async def main(args: argparse.Namespace) -> None:
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="shoal-core-")) / "data")
-    try:
-        await migrate(pg.url)
-        conn = await asyncpg.connect(pg.url)
+    with database("shoal-core-") as url:
+        await migrate(url)
+        conn = await asyncpg.connect(url)
         await queues.declare_queue(conn, "core")
         jobs = [NewJob("core", "shoal.noop", {"n": i}) for i in range(args.jobs)]
         started = time.perf_counter()
@@ -42,7 +30,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"enqueue: one batch of {args.jobs:,} in {took:.3f}s = {args.jobs / took:,.0f} jobs/s")
         await conn.execute("VACUUM ANALYZE shoal.jobs")
         started = time.perf_counter()
-        worker = spawn_worker(pg.url, args.concurrency)
+        worker = spawn_worker(url, "core", args.concurrency)
         while True:  # poll the table: the finish line is "no job left", seen from outside
             if not await conn.fetchval("SELECT count(*) FROM shoal.jobs"):
                 break
@@ -53,8 +41,6 @@ async def main(args: argparse.Namespace) -> None:
         worker.terminate()
         worker.wait()
         await conn.close()
-    finally:
-        pg.destroy()
 
 
 if __name__ == "__main__":

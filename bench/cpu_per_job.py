@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import asyncpg
 import psutil
+from _local import database, spawn_worker
 
 from shoal import client, queues
 from shoal.client import NewJob
-from shoal.embedded import start_embedded
 from shoal.migrate import migrate
 
 
@@ -38,22 +33,15 @@ def postgres_cpu() -> float:
     return total
 
 
-def spawn_worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SHOAL_DATABASE_URL": url}
-    return subprocess.Popen([sys.executable, "-m", "shoal.cli", "--log-level", "warning", "worker",
-                             "--queue", "cpu", "--concurrency", str(concurrency)], env=env)
-
-
 async def main(args: argparse.Namespace) -> None:
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="shoal-cpu-")) / "data")
-    try:
-        await migrate(pg.url)
-        conn = await asyncpg.connect(pg.url)
+    with database("shoal-cpu-") as url:
+        await migrate(url)
+        conn = await asyncpg.connect(url)
         await queues.declare_queue(conn, "cpu")
         for _ in range(0, args.jobs, 10_000):
             await client.enqueue_many(conn, [NewJob("cpu", "shoal.noop") for _ in range(10_000)])
         await conn.execute("VACUUM ANALYZE shoal.jobs")
-        worker = spawn_worker(pg.url, args.concurrency)
+        worker = spawn_worker(url, "cpu", args.concurrency)
         await asyncio.sleep(1.0)  # past start-up
         wp = psutil.Process(worker.pid)
         w0, p0 = sum(wp.cpu_times()[:2]), postgres_cpu()
@@ -67,8 +55,6 @@ async def main(args: argparse.Namespace) -> None:
         done = n0 - n1
         print(f"steady drain {done / (t1 - t0):,.0f} jobs/s; worker CPU {(w1 - w0) / done * 1e6:.1f} us/job; "
               f"PostgreSQL CPU {(p1 - p0) / done * 1e6:.1f} us/job")
-    finally:
-        pg.destroy()
 
 
 if __name__ == "__main__":

@@ -10,42 +10,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import asyncpg
+from _local import database, spawn_worker
 
 from shoal import client, queues
 from shoal.client import NewJob
-from shoal.embedded import start_embedded
 from shoal.migrate import migrate
 from shoal.ratelimit import RateLimit
 
 
-def spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "shoal.cli", "--log-level", "warning", "worker",
-                             "--queue", "rl-bench", "--concurrency", "50"], env=env)
-
-
 async def main(args: argparse.Namespace) -> None:
-    url = os.environ.get("SHOAL_DATABASE_URL")
-    pg = None
-    if not url:
-        pg = start_embedded(Path(tempfile.mkdtemp(prefix="shoal-rl-")) / "data")
-        url = pg.url
+    with database("shoal-rl-") as url:
+        await measure(url, args)
+
+
+async def measure(url: str, args: argparse.Namespace) -> None:
     await migrate(url)
     conn = await asyncpg.connect(url)
     await conn.execute("DELETE FROM shoal.jobs WHERE queue = 'rl-bench'")
     await queues.declare_queue(conn, "rl-bench", rate_limit=RateLimit(args.limit, args.period),
                                keep_succeeded_seconds=3600)
     await client.enqueue_many(conn, [NewJob("rl-bench", "shoal.noop") for _ in range(args.jobs)])
-    env = {**os.environ, "SHOAL_DATABASE_URL": url}
-    procs = [spawn_worker(env) for _ in range(args.workers)]
+    procs = [spawn_worker(url, "rl-bench", 50) for _ in range(args.workers)]
     started = time.monotonic()
     try:
         while await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE queue = 'rl-bench' "
@@ -79,8 +69,6 @@ async def main(args: argparse.Namespace) -> None:
     # The first window may hold a full burst; after it, starts are paced by the limit.
     rate = (len(starts) - args.limit) / span * args.period
     print(f"achieved {rate:.1f} starts per period after the first burst ({rate / args.limit:.1%} of the limit)")
-    if pg:
-        pg.destroy()
 
 
 if __name__ == "__main__":
