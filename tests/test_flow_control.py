@@ -23,21 +23,27 @@ async def all_done(conn: asyncpg.Connection, n: int) -> bool:
     return await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE state = 'succeeded'") >= n
 
 
+async def drain_with_processes(db_url: str, conn: asyncpg.Connection, queue: str, n: int, *, processes: int,
+                               concurrency: int, tmp_path: Path, timeout: float) -> None:
+    """Competing `shoal worker` processes run the queue's n jobs, then stop cleanly (exit 0)."""
+    procs = [spawn_worker(db_url, queue, "--concurrency", str(concurrency), *FAST, log_path=tmp_path / f"w{i}.log")
+             for i in range(processes)]
+    try:
+        await eventually(lambda: all_done(conn, n), timeout=timeout, interval=0.2)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            assert p.wait(20) == 0
+
+
 @pytest.mark.slow
 async def test_rate_limit_holds_across_four_worker_processes(db_url: str, conn: asyncpg.Connection,
                                                              tmp_path: Path) -> None:
     limit, n = 20, 120
     await queues.declare_queue(conn, "rl", rate_limit=RateLimit(limit, 1), keep_succeeded_seconds=3600)
     await client.enqueue_many(conn, [NewJob("rl", "shoal.noop") for _ in range(n)])
-    procs = [spawn_worker(db_url, "rl", "--concurrency", "10", *FAST, log_path=tmp_path / f"w{i}.log")
-             for i in range(4)]
-    try:
-        await eventually(lambda: all_done(conn, n), timeout=60, interval=0.2)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            assert p.wait(20) == 0
+    await drain_with_processes(db_url, conn, "rl", n, processes=4, concurrency=10, tmp_path=tmp_path, timeout=60)
     starts = [r["t"] for r in await conn.fetch(
         "SELECT extract(epoch FROM started_at)::float8 AS t FROM shoal.jobs ORDER BY started_at")]
     assert len(starts) == n
@@ -61,15 +67,7 @@ async def test_concurrency_cap_never_exceeded(db_url: str, conn: asyncpg.Connect
     cap, n = 3, 40
     await queues.declare_queue(conn, "cap", concurrency_limit=cap, keep_succeeded_seconds=3600)
     await client.enqueue_many(conn, [NewJob("cap", "test.sleep_ms", {"ms": 100}) for _ in range(n)])
-    procs = [spawn_worker(db_url, "cap", "--concurrency", "5", *FAST, log_path=tmp_path / f"w{i}.log")
-             for i in range(3)]
-    try:
-        await eventually(lambda: all_done(conn, n), timeout=90, interval=0.2)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            assert p.wait(20) == 0
+    await drain_with_processes(db_url, conn, "cap", n, processes=3, concurrency=5, tmp_path=tmp_path, timeout=90)
     rows = await conn.fetch("SELECT started_at, finished_at FROM shoal.jobs")
     overlap = max(sum(1 for o in rows if o["started_at"] <= r["started_at"] < o["finished_at"]) for r in rows)
     assert overlap <= cap, f"{overlap} jobs ran at once, cap {cap}"
