@@ -27,7 +27,7 @@ def database(prefix: str) -> Iterator[str]:
         pg.destroy()
 
 
-def spawn_worker(url: str, queue: str, concurrency: int) -> subprocess.Popen[bytes]:
+def spawn_worker(url: str, queue: str, concurrency: int, *options: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SHOAL_DATABASE_URL": url}
     return subprocess.Popen([sys.executable, "-m", "shoal.cli", "--log-level", "warning", "worker",
-                             "--queue", queue, "--concurrency", str(concurrency)], env=env)
+                             "--queue", queue, "--concurrency", str(concurrency), *options], env=env)

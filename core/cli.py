@@ -177,7 +177,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         database_url=_db(args), queue=args.queue, concurrency=args.concurrency, poll_interval=args.poll_interval,
         heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after, drain_timeout=args.drain_timeout,
         job_timeout=args.job_timeout, backoff_base=args.backoff_base, backoff_cap=args.backoff_max,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, held_claims=args.held_claims,
     )
     await run_worker(config)
     return 0
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--job-timeout", type=float, help="default per-job timeout in seconds")
     w.add_argument("--backoff-base", type=float, default=1.0, help="first retry delay in seconds")
     w.add_argument("--backoff-max", type=float, default=300.0, help="longest retry delay in seconds")
+    w.add_argument("--no-held-claims", dest="held_claims", action="store_false",
+                   help="always lease jobs (two writes per job) instead of holding short jobs' batches in a "
+                        "transaction (one write per job)")
 
     s = sub.add_parser("stats", help="job counts by state")
     s.add_argument("--queue")

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import struct
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
@@ -52,20 +53,35 @@ class JobResult:
     pruned: bool = False  # succeeded and already deleted by retention
 
 
+# One job, validated and encoded: queue, task, payload (JSON text), priority, run_at, max_attempts,
+# unique_key. None means "the default": now() for run_at, the queue's for max_attempts.
+_Row: TypeAlias = tuple[str, str, str, int, datetime | None, int | None, str | None]
+
+
 @dataclass
-class _Columns:
-    queues: list[str] = field(default_factory=list)
-    tasks: list[str] = field(default_factory=list)
-    payloads: list[str] = field(default_factory=list)
-    priorities: list[int] = field(default_factory=list)
-    run_ats: list[datetime | None] = field(default_factory=list)
-    max_attempts: list[int | None] = field(default_factory=list)
-    unique_keys: list[str | None] = field(default_factory=list)
+class _Batch:
+    rows: list[_Row]
+    queues: set[str]  # the distinct queues
 
 
 # One encoder for all payloads: json.dumps with options builds a new encoder on every call,
 # which was a third of the client's time for a 50,000-job batch.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# What `_ENCODER.encode` calls, minus the per-call setup (see `_payload_encoder`).
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+
+# Batches of at least this many jobs, none with a unique key, are written with COPY
+# (`_enqueue_copy`); smaller ones with one call to shoal.enqueue_many. COPY costs three more
+# round trips (BEGIN, reserve, COMMIT: ~0.7 ms on loopback) and saves a few microseconds per job;
+# bench/enqueue_paths.py --sizes puts the break-even at 250-400 jobs on loopback, later over a
+# network. Single jobs and small batches keep their one round trip.
+COPY_MIN_BATCH = 500
+_INT4_MAX = 2**31 - 1
+
+
+def _payload_error(field_name: str, exc: Exception) -> ValidationError:
+    return ValidationError(field_name, f"payload is not JSON-serialisable ({exc}); pass dicts, lists, "
+                           "strings, numbers, booleans or None")
 
 
 def encode_payload(payload: Any, field_name: str = "payload") -> str:
@@ -74,8 +90,23 @@ def encode_payload(payload: Any, field_name: str = "payload") -> str:
     try:
         return _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
-        raise ValidationError(field_name, f"payload is not JSON-serialisable ({exc}); pass dicts, lists, "
-                              "strings, numbers, booleans or None") from exc
+        raise _payload_error(field_name, exc) from exc
+
+
+def _payload_encoder() -> Callable[[Any, int], list[str]]:
+    """`_ENCODER.encode` for one batch, minus building a C encoder for every payload: returns
+    the text in pieces, to be joined.
+
+    `JSONEncoder.encode` makes a new C encoder (from the same settings) per call, two thirds of
+    the cost of encoding a small payload. One per batch and never shared: the C encoder's
+    circular-reference markers are not cleared when it raises, and are not thread-safe.
+    """
+    if _C_MAKE_ENCODER is None:  # no C accelerator (e.g. PyPy)
+        return lambda payload, _level: [_ENCODER.encode(payload)]
+    enc = _ENCODER
+    return _C_MAKE_ENCODER({}, enc.default, json.encoder.encode_basestring_ascii,  # type: ignore[no-any-return]
+                           enc.indent, enc.key_separator, enc.item_separator, enc.sort_keys,
+                           enc.skipkeys, enc.allow_nan)
 
 
 def _run_at(job: NewJob, where: str) -> datetime | None:
@@ -91,31 +122,54 @@ def _run_at(job: NewJob, where: str) -> datetime | None:
     return job.run_at
 
 
-def _columns(jobs: Sequence[NewJob]) -> _Columns:
-    cols = _Columns()
+def _check_job(job: NewJob, where: str, valid_queues: set[str], valid_tasks: set[str]) -> None:
+    """Every check of one job but the payload and run_at/delay ones, in the order errors are reported."""
+    if not isinstance(job.queue, str) or job.queue not in valid_queues:  # check each name once
+        valid_queues.add(names.queue_name(job.queue, f"{where}queue"))
+    if not isinstance(job.task, str) or job.task not in valid_tasks:
+        valid_tasks.add(names.task_name(job.task, f"{where}task"))
+    if not isinstance(job.priority, int) or not -32768 <= job.priority <= 32767:
+        raise ValidationError(f"{where}priority", f"priority must be an integer in -32768..32767, got {job.priority!r}")
+    if job.max_attempts is not None and (not isinstance(job.max_attempts, int)
+                                         or not 1 <= job.max_attempts <= _INT4_MAX):
+        raise ValidationError(f"{where}max_attempts",
+                              f"max_attempts must be an integer from 1 to {_INT4_MAX}, got {job.max_attempts!r}")
+    if job.unique_key is not None and (not isinstance(job.unique_key, str) or not job.unique_key):
+        raise ValidationError(f"{where}unique_key", "unique_key must be a non-empty string or None")
+
+
+def _validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) -> _Batch:
+    """Check and encode jobs[start:stop]; an error names the field (`jobs[i].field` in a batch of several).
+
+    A job whose queue and task were already checked and whose values are of the plain types
+    costs a few comparisons; anything else (a first queue or task, a bool priority, a bad value)
+    goes through `_check_job`, so every job passes the same checks.
+    """
+    rows: list[_Row] = []
+    append = rows.append
+    encode, join = _payload_encoder(), "".join
     many = len(jobs) > 1
     valid_queues: set[str] = set()
     valid_tasks: set[str] = set()
-    for i, job in enumerate(jobs):
-        where = f"jobs[{i}]." if many else ""
-        if not isinstance(job.queue, str) or job.queue not in valid_queues:  # check each name once
-            valid_queues.add(names.queue_name(job.queue, f"{where}queue"))
-        if not isinstance(job.task, str) or job.task not in valid_tasks:
-            valid_tasks.add(names.task_name(job.task, f"{where}task"))
-        if not isinstance(job.priority, int) or not -32768 <= job.priority <= 32767:
-            raise ValidationError(f"{where}priority", f"priority must be an integer in -32768..32767, got {job.priority!r}")
-        if job.max_attempts is not None and (not isinstance(job.max_attempts, int) or job.max_attempts < 1):
-            raise ValidationError(f"{where}max_attempts", f"max_attempts must be >= 1, got {job.max_attempts!r}")
-        if job.unique_key is not None and (not isinstance(job.unique_key, str) or not job.unique_key):
-            raise ValidationError(f"{where}unique_key", "unique_key must be a non-empty string or None")
-        cols.queues.append(job.queue)
-        cols.tasks.append(job.task)
-        cols.payloads.append(encode_payload(job.payload, f"{where}payload"))
-        cols.priorities.append(job.priority)
-        cols.run_ats.append(_run_at(job, where))
-        cols.max_attempts.append(job.max_attempts)
-        cols.unique_keys.append(job.unique_key)
-    return cols
+    for i, job in enumerate(jobs[start:stop], start):
+        queue, task, payload, priority = job.queue, job.task, job.payload, job.priority
+        run_at, max_attempts, unique_key = job.run_at, job.max_attempts, job.unique_key
+        if not (type(queue) is str and queue in valid_queues and type(task) is str and task in valid_tasks
+                and type(priority) is int and -32768 <= priority <= 32767
+                and (max_attempts is None or (type(max_attempts) is int and 1 <= max_attempts <= _INT4_MAX))
+                and (unique_key is None or (type(unique_key) is str and unique_key))):
+            _check_job(job, f"jobs[{i}]." if many else "", valid_queues, valid_tasks)
+        if payload is None:
+            text = "{}"
+        else:
+            try:
+                text = join(encode(payload, 0))
+            except (TypeError, ValueError) as exc:
+                raise _payload_error(f"jobs[{i}].payload" if many else "payload", exc) from exc
+        if job.delay is not None or (run_at is not None and run_at.tzinfo is None):
+            run_at = _run_at(job, f"jobs[{i}]." if many else "")
+        append((queue, task, text, priority, run_at, max_attempts, unique_key))
+    return _Batch(rows, valid_queues)
 
 
 def _none_if_all(values: list[Any], default: Any) -> list[Any] | None:
@@ -136,23 +190,170 @@ def translate_errors() -> Any:
 
 
 async def enqueue_many(db: Executor, jobs: Iterable[NewJob]) -> list[int]:
-    """Add many jobs in one round trip; ids in input order (existing ids for live unique keys)."""
-    batch = list(jobs)
-    if not batch:
+    """Add many jobs; ids in input order (existing ids for live unique keys).
+
+    On a connection inside a transaction the jobs commit or roll back with it. A batch of
+    `COPY_MIN_BATCH` jobs or more without unique keys is written with COPY, otherwise with one
+    call to shoal.enqueue_many; both apply the same defaults and refuse unknown queues.
+    """
+    batch = list(jobs)  # a copy even of a list: the COPY path reads it across awaits
+    if len(batch) >= COPY_MIN_BATCH and _no_unique_keys(batch):
+        return await _enqueue_copy(db, batch)
+    return await _enqueue_insert(db, _validate(batch))
+
+
+async def _enqueue_insert(db: Executor, batch: _Batch) -> list[int]:
+    """One round trip: shoal.enqueue_many (sql/001_schema.sql) unnests the columns and INSERTs."""
+    if not batch.rows:
         return []
-    cols = _columns(batch)
+    queues, tasks, payloads, priorities, run_ats, max_attempts, unique_keys = (
+        list(column) for column in zip(*batch.rows, strict=True))
     with translate_errors():
         rows = await db.fetch(
             queries.ENQUEUE_MANY,
-            cols.queues,
-            cols.tasks,
-            cols.payloads,
-            _none_if_all(cols.priorities, 0),
-            _none_if_all(cols.run_ats, None),
-            _none_if_all(cols.max_attempts, None),
-            _none_if_all(cols.unique_keys, None),
+            queues,
+            tasks,
+            payloads,
+            _none_if_all(priorities, 0),
+            _none_if_all(run_ats, None),
+            _none_if_all(max_attempts, None),
+            _none_if_all(unique_keys, None),
         )
     return [r["id"] for r in rows]
+
+
+# --- enqueue through COPY -------------------------------------------------------------------
+# PostgreSQL's binary COPY format (see COPY in the PostgreSQL manual), built here rather than by
+# asyncpg's copy_records_to_table: the columns are queries.ENQUEUE_COPY_COLUMNS, and everything in
+# a row but the id and the payload is the same for every job of a (queue, task, priority, run_at,
+# max_attempts), so it is encoded once. Half the client's time per job of the generic encoder.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, no extension
+_COPY_TRAILER = struct.pack("!h", -1)
+# Field count; id: length 8, int8; payload: length, jsonb format version 1 (then the JSON text).
+_COPY_ROW_START = struct.Struct("!hiqiB").pack
+_COPY_TEXT_LENGTH = struct.Struct("!i").pack
+# priority: length 2, int2; run_at: length 8, microseconds since 2000-01-01 UTC; max_attempts: length 4, int4.
+_COPY_ROW_END = struct.Struct("!ihiqii").pack
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Jobs per CopyData message: PostgreSQL inserts the first rows while the client encodes the next.
+_COPY_CHUNK = 500
+
+
+def _no_unique_keys(jobs: list[NewJob]) -> bool:
+    try:
+        return {job.unique_key for job in jobs} == {None}
+    except TypeError:  # an unhashable key: let validation name it
+        return False
+
+
+class _CopyRows:
+    """A batch's rows in binary COPY format, given the ids and defaults from shoal.enqueue_reserve."""
+
+    def __init__(self, ids: list[int], default_run_at: datetime, default_attempts: dict[str, int]) -> None:
+        self.ids = ids
+        self.default_run_at = default_run_at
+        self.default_attempts = default_attempts
+        self.packed = 0
+        self._ends: dict[tuple[Any, ...], bytes] = {}
+
+    def _end(self, queue: str, task: str, priority: int, run_at: datetime | None, max_attempts: int | None) -> bytes:
+        q, t = queue.encode(), task.encode()
+        run_at = self.default_run_at if run_at is None else run_at
+        return b"".join((_COPY_TEXT_LENGTH(len(q)), q, _COPY_TEXT_LENGTH(len(t)), t, _COPY_ROW_END(
+            2, priority, 8, (run_at - _PG_EPOCH) // _MICROSECOND,
+            4, self.default_attempts[queue] if max_attempts is None else max_attempts)))
+
+    def pack(self, rows: list[_Row]) -> bytes:
+        """The next rows of the batch (ids are handed out in order)."""
+        parts: list[bytes] = []
+        extend = parts.extend
+        ends = self._ends
+        ids = self.ids[self.packed:self.packed + len(rows)]
+        for job_id, (queue, task, text, priority, run_at, max_attempts, _) in zip(ids, rows, strict=True):
+            key = (queue, task, priority, run_at, max_attempts)
+            end = ends.get(key)
+            if end is None:
+                end = ends[key] = self._end(queue, task, priority, run_at, max_attempts)
+            payload = text.encode()
+            extend((_COPY_ROW_START(7, 8, job_id, len(payload) + 1, 1), payload, end))
+        self.packed += len(rows)
+        return b"".join(parts)
+
+
+def _plain_queue_names(jobs: list[NewJob]) -> set[str] | None:
+    """The batch's distinct queues if every one is a valid name, else None."""
+    try:
+        queues = {job.queue for job in jobs}
+    except TypeError:
+        return None
+    return queues if all(type(q) is str and names.QUEUE_NAME.match(q) for q in queues) else None
+
+
+async def _enqueue_copy(db: Executor, jobs: list[NewJob]) -> list[int]:
+    """Reserve ids and read the defaults (shoal.enqueue_reserve, sql/003_enqueue_copy.sql), then
+    COPY the rows in with them: one connection, one transaction.
+
+    In the caller's transaction every job is checked before the first statement, so that a
+    ValidationError leaves that transaction as it was (as on the INSERT path) and no savepoint is
+    needed: a database error aborts it, as on the INSERT path. In our own transaction, the jobs
+    are checked and encoded chunk by chunk while PostgreSQL inserts the chunks before; a bad job
+    ends the COPY early and its error rolls the transaction back.
+    """
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _copy_on(conn, jobs)
+    return await _copy_on(db, jobs)
+
+
+async def _copy_on(conn: asyncpg.Connection, jobs: list[NewJob]) -> list[int]:
+    if conn.is_in_transaction():
+        batch = _validate(jobs)
+        return await _reserve_and_copy(conn, jobs, batch.queues, batch.rows)
+    queues = _plain_queue_names(jobs)
+    rows = None
+    if queues is None:  # some queue is not a valid name: name the first bad job before any statement
+        batch = _validate(jobs)
+        queues, rows = batch.queues, batch.rows
+    async with conn.transaction():
+        return await _reserve_and_copy(conn, jobs, queues, rows)
+
+
+async def _reserve_and_copy(conn: asyncpg.Connection, jobs: list[NewJob], queues: set[str],
+                            rows: list[_Row] | None) -> list[int]:
+    """`rows`: the jobs already checked and encoded, or None to check them on the way."""
+    with translate_errors():
+        try:
+            ids, default_run_at, queue_names, queue_attempts = await conn.fetchrow(
+                queries.ENQUEUE_RESERVE, list(queues), len(jobs))
+        except asyncpg.PostgresError:
+            if rows is None:
+                _validate(jobs)  # a bad job is reported before an unknown queue, as on the INSERT path
+            raise
+    packer = _CopyRows(ids, default_run_at, dict(zip(queue_names, queue_attempts, strict=True)))
+    failed: list[Exception] = []
+
+    async def data() -> AsyncIterator[bytes]:
+        chunk = _COPY_HEADER
+        for start in range(0, len(jobs), _COPY_CHUNK):
+            if rows is not None:
+                chunk += packer.pack(rows[start:start + _COPY_CHUNK])
+            else:
+                try:
+                    chunk += packer.pack(_validate(jobs, start, start + _COPY_CHUNK).rows)
+                except Exception as exc:  # end the COPY cleanly; raised below, which rolls back
+                    failed.append(exc)
+                    break
+            yield chunk
+            chunk = b""
+        yield chunk + _COPY_TRAILER
+
+    schema, table = queries.ENQUEUE_COPY_TABLE
+    await conn.copy_to_table(table, schema_name=schema, columns=queries.ENQUEUE_COPY_COLUMNS,
+                             source=data(), format="binary")
+    if failed:
+        raise failed[0]
+    return list(ids)
 
 
 async def enqueue(db: Executor, queue: str, task: str, payload: Any = None, *, priority: int = 0,
@@ -196,6 +397,24 @@ async def _final_results(conn: asyncpg.Connection, ids: set[int]) -> dict[int, J
     return out
 
 
+def done_mentions(payload: str, wanted: set[int]) -> bool:
+    """Whether a `shoal_done` notification may concern one of `wanted`. Payloads are
+    comma-separated ids or "lo-hi" ranges (sql/004_held_claims.sql); a range can cover jobs
+    that did not finish, so a True answer only means "look again"."""
+    for part in payload.split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep:
+                low, high = int(lo), int(hi)
+                if any(low <= job_id <= high for job_id in wanted):
+                    return True
+            elif part and int(part) in wanted:
+                return True
+        except ValueError:
+            return True  # a payload we cannot read: look again rather than miss a wake-up
+    return False
+
+
 async def wait(db: Executor, ids: Sequence[int], *, mode: str = "all", timeout: float | None = None,
                poll_interval: float = 1.0) -> dict[int, JobResult]:
     """Wait until all (mode="all") or any (mode="first") of `ids` reach a final state.
@@ -211,7 +430,7 @@ async def wait(db: Executor, ids: Sequence[int], *, mode: str = "all", timeout: 
     woken = asyncio.Event()
 
     def on_done(_c: Any, _pid: int, _channel: str, payload: str) -> None:
-        if wanted.intersection(int(x) for x in payload.split(",") if x):
+        if done_mentions(payload, wanted):
             woken.set()
 
     await conn.add_listener("shoal_done", on_done)

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 # --- enqueue ------------------------------------------------------------------
 ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $6, $7)"
+# Large batches (sql/003_enqueue_copy.sql): reserve ids and read defaults, then COPY the rows in
+# with these columns, in this order.
+ENQUEUE_RESERVE = """
+SELECT ids, default_run_at, queue_names, queue_max_attempts FROM shoal.enqueue_reserve($1, $2)
+"""
+ENQUEUE_COPY_TABLE = ("shoal", "jobs")
+ENQUEUE_COPY_COLUMNS = ("id", "payload", "queue", "task", "priority", "run_at", "max_attempts")
 
 # --- worker -------------------------------------------------------------------
-CLAIM = "SELECT id, task, payload, attempts, max_attempts, run_at FROM shoal.claim($1, $2, $3, $4)"
-COMPLETE = "SELECT shoal.complete($1, $2, $3, $4, $5, $6)"
+CLAIM = "SELECT id, task, payload, attempts, max_attempts, run_at FROM shoal.claim_leased($1, $2, $3, $4)"
+COMPLETE = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
+# Held claims (sql/004_held_claims.sql): CLAIM_HELD and FINISH_HELD run inside the batch's own
+# transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
+CLAIM_HELD = "SELECT id, task, payload, attempts, max_attempts, run_at, xact FROM shoal.claim_held($1, $2)"
+HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
+HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
+FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4)"
-RESCUE = "SELECT shoal.rescue($1)"
+# rescue_held forgets dead held batches whose jobs were claimed and finished by others since.
+RESCUE = "SELECT shoal.rescue($1) + shoal.rescue_held()"
 RELEASE = "SELECT shoal.release($1, $2, $3)"
 PRUNE = "SELECT shoal.prune($1)"
 TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_xact_lock($1)"

@@ -80,5 +80,7 @@ QUEUE_WAIT = EventLoopHistogram("shoal_job_queue_wait_seconds", "From scheduled 
                                 _DURATION_BUCKETS, REGISTRY)
 IN_FLIGHT = Gauge("shoal_jobs_in_flight", "Jobs claimed and not yet finished by this worker", ("queue",),
                   registry=REGISTRY)
+CLAIMS = Counter("shoal_claims", "Claims that returned jobs, by mode: held (one write per job) or leased",
+                 ("queue", "mode"), registry=REGISTRY)
 RATE_LIMITED = Counter("shoal_rate_limited_claims", "Claims that found the queue at its rate or concurrency limit",
                        ("queue", "reason"), registry=REGISTRY)

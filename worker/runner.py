@@ -7,6 +7,9 @@ Four cooperating coroutines share one pool:
 - the completer writes every finished outcome since its last write in one `shoal.complete()`
   call: natural batching, so no per-job round trip under load and no added latency when idle;
 - the keeper beats, rescues jobs of dead workers and prunes expired jobs.
+Short jobs on queues without limits are claimed *held* (worker/held.py, sql/004_held_claims.sql):
+locked by a transaction kept open while they run, their outcomes written by that transaction's
+commit instead of the completer.
 Database errors never kill the loop: each coroutine backs off and retries, and outcomes
 stay in memory until written, so a database restart loses nothing.
 """
@@ -23,6 +26,7 @@ import socket
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,10 +40,12 @@ from shoal.errors import ConfigError, PermanentError, ShoalError
 from shoal.tasks import Job, TaskRegistry, TaskSpec, call
 from shoal.tasks import registry as default_registry
 from shoal.worker import metrics
+from shoal.worker.held import HOLD_BUDGET, MAX_HELD, HeldBatch, close_plan
 
 log = logging.getLogger("shoal.worker")
 
-# Jobs shorter than this on average are claimed one batch ahead (see Worker._free_slots).
+# Jobs shorter than this on average are claimed ahead (see Worker._free_slots) and held
+# (see Worker._holding).
 _PREFETCH_BELOW = 0.002
 _MAINTENANCE_LOCK = int.from_bytes(b"shoalmnt", "big") & 0x7FFF_FFFF_FFFF_FFFF
 assert builtin_tasks  # registered on import
@@ -62,6 +68,7 @@ class WorkerConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     prune_interval: float = 10.0
+    held_claims: bool = True  # short jobs on unlimited queues: one write per job (sql/004_held_claims.sql)
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     worker_id: str = field(default_factory=default_worker_id)
@@ -75,7 +82,7 @@ class WorkerConfig:
         return self
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     job: Job
     kind: str  # "ok" | "fail" | "cancel"
@@ -112,6 +119,12 @@ class Worker:
         self._timers: dict[str, tuple[Any, Any]] = {}
         self._claims_started = 0
         self._claims_in_flight = 0
+        self.batches: dict[int, HeldBatch] = {}  # open held batches by number
+        self.batch_of: dict[int, HeldBatch] = {}  # job id -> its open held batch
+        self._batch_seq = 0
+        self._closers: set[asyncio.Task[None]] = set()
+        self._held_off_until = 0.0  # the queue has limits or is paused: leased claims only
+        self._lost: dict[int, Job] = {}  # running jobs of held batches lost with their connection
 
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -122,6 +135,8 @@ class Worker:
             self.buffered = 0
             for event in (self.wake, self.slot_freed, self.work_ready):
                 event.set()
+            for batch in self.batches.values():
+                batch.done.set()  # close now: what never started goes back untouched
 
     def live(self) -> bool:
         return time.monotonic() - self.last_tick < max(60.0, self.config.heartbeat_interval * 6)
@@ -156,6 +171,7 @@ class Worker:
             for t in loops + runners:
                 t.cancel()
             await asyncio.gather(*loops, *runners, return_exceptions=True)
+            await self._close_all_held()
             await self._final_flush()
             if self.listener is not None:
                 with contextlib.suppress(Exception):
@@ -169,7 +185,8 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                return await asyncpg.create_pool(self.config.database_url, min_size=1, max_size=4)
+                # Two claimers, the completer, the keeper, and one connection per open held batch.
+                return await asyncpg.create_pool(self.config.database_url, min_size=1, max_size=5 + MAX_HELD)
             except (OSError, asyncpg.PostgresError) as exc:
                 if self.stopping.is_set():
                     raise
@@ -191,12 +208,13 @@ class Worker:
         """How many jobs to claim now. Outcomes still being written do not hold a slot, so the
         next claim overlaps the previous write; a bound on unwritten outcomes keeps memory flat
         when the database is slow. For short jobs (under `_PREFETCH_BELOW` seconds on average)
-        one extra batch is claimed ahead, so runners never wait for a claim's round trip;
-        slow jobs are never held back from other pods that way."""
+        up to two more batches are claimed ahead, so that a claim is on its way while a batch
+        runs and runners never wait for a round trip; slow jobs are never held back from other
+        pods that way."""
         cfg = self.config
         if len(self.outcomes) > 4 * cfg.concurrency:
             return 0
-        ahead = cfg.concurrency if self.avg_duration < _PREFETCH_BELOW else 0
+        ahead = 2 * cfg.concurrency if self.avg_duration < _PREFETCH_BELOW else 0
         return cfg.concurrency + ahead - self.busy - self.buffered - self.claiming
 
     async def _claimer(self) -> None:
@@ -204,7 +222,9 @@ class Worker:
         delay = 0.1
         while not self.stopping.is_set():
             free = self._free_slots()
-            if free <= 0 or (self.busy and free < max(1, cfg.concurrency // 4)):
+            holding = self._holding()
+            if free <= 0 or (self.busy and free < max(1, cfg.concurrency // 4)) or (
+                    holding and len(self.batches) >= MAX_HELD):
                 # Wait for a useful batch of free slots rather than claiming one job at a time.
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
@@ -214,8 +234,10 @@ class Worker:
             self._claims_in_flight += 1
             self.claiming += free
             try:
-                rows = await self.pool.fetch(queries.CLAIM, cfg.queue, cfg.worker_id, free,  # type: ignore[union-attr]
-                                             _interval(cfg.stale_after))
+                rows, batch = await self._claim_held(free) if holding else (None, None)
+                if rows is None:
+                    rows = await self.pool.fetch(queries.CLAIM, cfg.queue, cfg.worker_id, free,  # type: ignore[union-attr]
+                                                 _interval(cfg.stale_after))
                 self.db_ok, delay = True, 0.1
             except Exception as exc:  # never let the claimer die; the database may be restarting
                 self.db_ok = False
@@ -229,13 +251,68 @@ class Worker:
             if rows and rows[0]["id"] is None:
                 await self._throttled(rows[0]["task"], rows[0]["run_at"])
             elif rows:
-                self._accept(rows)
+                self._accept(rows, batch)
             elif not self.busy:
                 await self._sleep(cfg.poll_interval, self.wake)
             else:
                 # Nothing ready now; look again when a runner frees up or a job is enqueued.
                 self.slot_freed.clear()
                 await self._sleep(cfg.poll_interval, self.slot_freed)
+
+    def _holding(self) -> bool:
+        """Claim under a held transaction? Only for short jobs (a slow one would keep the
+        transaction open), and not while the queue has told us it is limited or paused (the
+        leased claim enforces those)."""
+        return (self.config.held_claims and self.avg_duration < _PREFETCH_BELOW
+                and time.monotonic() >= self._held_off_until)
+
+    async def _claim_held(self, limit: int) -> tuple[list[Any] | None, HeldBatch | None]:
+        """Lock up to `limit` jobs in a new held batch. (None, None): claim leased instead."""
+        cfg = self.config
+        assert self.pool is not None
+        conn = await self.pool.acquire()
+        transaction = conn.transaction()
+        try:
+            await transaction.start()
+            rows = await conn.fetch(queries.CLAIM_HELD, cfg.queue, limit)
+            if not rows or rows[0]["id"] is None:
+                await transaction.rollback()
+                await self.pool.release(conn)
+                if rows:  # limited or paused: the leased claim knows what to do, and when
+                    self._held_off_until = time.monotonic() + cfg.poll_interval * 5
+                    return None, None
+                return [], None
+            self._batch_seq += 1
+            ids = [r["id"] for r in rows]
+            batch = HeldBatch(self._batch_seq, conn, transaction, datetime.now(UTC), ids)
+            died = [r[0] for r in await self.pool.fetch(queries.HOLD_BATCH, cfg.worker_id, batch.no,
+                                                        rows[0]["xact"], ids)]
+            if died:
+                # An earlier batch ended with these jobs in hand: count that attempt before
+                # anything runs again, so a job that kills its worker still runs out of attempts.
+                await conn.execute(queries.HELD_CRASHED, cfg.worker_id, batch.no, died)
+                await transaction.commit()
+                await self.pool.release(conn)
+                log.warning("counted the attempt of jobs whose worker died holding them",
+                            extra={"jobs": len(died)})
+                return None, None  # claim leased this time: the attempt is counted up front
+        except BaseException:
+            await self._drop_connection(conn)
+            raise
+        self.batches[batch.no] = batch
+        closer = asyncio.create_task(self._close_held_later(batch))
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+        return rows, batch
+
+    async def _drop_connection(self, conn: asyncpg.Connection) -> None:
+        """Give back a connection whose transaction state is unknown: closing it ends the
+        transaction, so its locks go and its jobs are ready again."""
+        assert self.pool is not None
+        with contextlib.suppress(Exception):
+            conn.terminate()
+        with contextlib.suppress(Exception):
+            await self.pool.release(conn)
 
     async def _throttled(self, reason: str, until: datetime | None) -> None:
         if reason != "paused":
@@ -262,29 +339,40 @@ class Worker:
             self._timers[task] = timers
         return timers
 
-    def _accept(self, rows: list[Any]) -> None:
+    def _accept(self, rows: list[Any], batch: HeldBatch | None = None) -> None:
+        # The hot path of a fast queue: columns by position, per-task lookups once per claim.
         queue = self.config.queue
-        now = datetime.now(UTC)
+        now = time.time()
         registry = self.config.registry
+        held, buffer = self.held, self.buffer
         claimed: dict[str, int] = {}
         batches: dict[str, list[Job]] = {}
+        per_task: dict[str, tuple[bool, Any]] = {}  # task -> (batch task?, queue-wait histogram)
         for r in rows:
-            job = Job(r["id"], queue, r["task"], r["payload"], r["attempts"], r["max_attempts"], r["run_at"])
-            self.held[job.id] = job
-            claimed[job.task] = claimed.get(job.task, 0) + 1
-            self._timers_for(job.task)[1].observe(max(0.0, (now - job.scheduled_at).total_seconds()))
-            spec = registry.get(job.task)
-            if spec is not None and spec.batch:
-                batches.setdefault(job.task, []).append(job)
+            task = r[1]
+            job = Job(r[0], queue, task, r[2], r[3], r[4], r[5])
+            held[job.id] = job
+            known = per_task.get(task)
+            if known is None:
+                spec = registry.get(task)
+                known = per_task[task] = (spec is not None and spec.batch, self._timers_for(task)[1])
+                claimed[task] = 0
+            claimed[task] += 1
+            known[1].observe(max(0.0, now - job.scheduled_at.timestamp()))
+            if known[0]:
+                batches.setdefault(task, []).append(job)
             else:
-                self.buffer.append(job)
+                buffer.append(job)
+        if batch is not None:
+            self.batch_of.update(dict.fromkeys(batch.ids, batch))
         for name, jobs in batches.items():
             size = registry.tasks[name].batch_size
-            self.buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
+            buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
         self.buffered += len(rows)
         for task, n in claimed.items():
             metrics.JOBS_CLAIMED.labels(queue, task).inc(n)
         metrics.IN_FLIGHT.labels(queue).set(len(self.held))
+        metrics.CLAIMS.labels(queue, "leased" if batch is None else "held").inc()
         self.work_ready.set()
 
     # -- running -----------------------------------------------------------------------------
@@ -292,8 +380,16 @@ class Worker:
         """One of `concurrency` long-lived coroutines: cheaper than a task per job."""
         me = asyncio.current_task()
         assert me is not None
+        streak = 0
         while True:
+            streak += 1
+            if streak == 64:
+                # Jobs that never await would let one runner empty the buffer in one go, and
+                # claims, writes and heartbeats would wait for it: let them in now and then.
+                streak = 0
+                await asyncio.sleep(0)
             while not self.buffer:
+                streak = 0
                 if self.stopping.is_set():
                     return
                 self.work_ready.clear()
@@ -367,7 +463,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         self.avg_duration += (elapsed - self.avg_duration) * 0.02
         self._timers_for(job.task)[0].observe(elapsed)
-        self._record_later([outcome])
+        self._record_later((outcome,))
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         spec = self.config.registry.tasks[jobs[0].task]
@@ -399,9 +495,75 @@ class Worker:
             hist.observe(elapsed)
         self._record_later(outcomes)
 
-    def _record_later(self, outcomes: list[Outcome]) -> None:
-        self.outcomes.extend(outcomes)
-        self.outcome_ready.set()
+    def _record_later(self, outcomes: Sequence[Outcome]) -> None:
+        leased = False
+        for outcome in outcomes:
+            job_id = outcome.job.id
+            if self._lost.get(job_id) is outcome.job:
+                del self._lost[job_id]  # its batch is gone: the job is ready again in the database
+                continue
+            batch = self.batch_of.get(job_id)
+            if batch is not None:
+                batch.add(outcome)
+            else:
+                self.outcomes.append(outcome)
+                leased = True
+        if leased:
+            self.outcome_ready.set()
+
+    async def _close_held_later(self, batch: HeldBatch) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(batch.done.wait(), HOLD_BUDGET)
+        await self._close_held(batch)
+
+    async def _close_all_held(self) -> None:
+        """At exit: close every open batch (runners are gone, so nothing more will start)."""
+        for batch in self.batches.values():
+            batch.done.set()
+        if self._closers:
+            await asyncio.wait(list(self._closers), timeout=30)
+
+    async def _close_held(self, batch: HeldBatch) -> None:
+        """One commit: outcomes so far recorded, unfinished jobs turned into leases (or, when
+        stopping, the never-started ones unlocked). If the transaction is lost instead, every
+        job of the batch is ready again in the database, so we forget them all."""
+        batch.closing = True
+        started = {job_id for job_id in batch.ids if job_id in self.executing}
+        plan = close_plan(batch, stopping=self.stopping.is_set(), started=started)
+        record = plan.record
+        ok = [o.job.id for o in record if o.kind == "ok"]
+        fails = [o for o in record if o.kind == "fail"]
+        cancels = [o.job.id for o in record if o.kind == "cancel"]
+        try:
+            await batch.conn.execute(queries.FINISH_HELD, self.config.worker_id, self.config.queue, batch.no,
+                                     batch.started_at,
+                                     plan.lease_ids, ok, [o.job.id for o in fails], [o.error for o in fails],
+                                     [o.delay for o in fails], cancels)
+            await batch.transaction.commit()
+        except Exception as exc:
+            self.db_ok = False
+            log.warning("lost a held batch with its connection; its jobs will run again",
+                        extra={"error": repr(exc), "jobs": len(batch.ids)})
+            for job_id in batch.ids:
+                self.batch_of.pop(job_id, None)
+                job = self.held.pop(job_id, None)
+                if job is not None and job_id in started:
+                    self._lost[job_id] = job
+            metrics.IN_FLIGHT.labels(self.config.queue).set(len(self.held))
+            await self._drop_connection(batch.conn)
+            self.slot_freed.set()
+            return
+        finally:
+            self.batches.pop(batch.no, None)
+        assert self.pool is not None
+        await self.pool.release(batch.conn)
+        for job_id in batch.ids:
+            self.batch_of.pop(job_id, None)
+        for job_id in plan.released:
+            self.held.pop(job_id, None)
+        self._account(record)
+        # Leases from now on: outcomes that came in while we committed, and relayed successes.
+        self._record_later(plan.relay + batch.late)
 
     # -- recording ---------------------------------------------------------------------------
     async def _completer(self) -> None:
@@ -459,7 +621,7 @@ class Worker:
         ok = [o.job.id for o in batch if o.kind == "ok"]
         fails = [o for o in batch if o.kind == "fail"]
         cancels = [o.job.id for o in batch if o.kind == "cancel"]
-        await db.execute(queries.COMPLETE, self.config.worker_id, ok, [o.job.id for o in fails],
+        await db.execute(queries.COMPLETE, self.config.worker_id, self.config.queue, ok, [o.job.id for o in fails],
                          [o.error for o in fails], [o.delay for o in fails], cancels)
         followups: list[NewJob] = [f for o in batch if o.kind == "ok" for f in o.job.followups]
         if followups:
@@ -468,7 +630,15 @@ class Worker:
     def _account(self, batch: list[Outcome]) -> None:
         queue = self.config.queue
         counts: dict[tuple[Any, str], int] = {}
+        held, cancelling = self.held, self.cancelling
         for o in batch:
+            if o.kind == "ok":  # the common case first
+                key = (metrics.JOBS_SUCCEEDED, o.job.task)
+                counts[key] = counts.get(key, 0) + 1
+                held.pop(o.job.id, None)
+                if cancelling:
+                    cancelling.discard(o.job.id)
+                continue
             kind = "failed" if o.final_failure else ("retried" if o.kind == "fail" else o.kind)
             key = (metrics.JOBS_SUCCEEDED if kind == "ok" else metrics.JOBS_FAILED if kind == "failed"
                    else metrics.JOBS_RETRIED if kind == "retried" else metrics.JOBS_CANCELLED, o.job.task)

@@ -1,7 +1,7 @@
 """Shoal adapter (runs in the project venv). Protocol: see _common.py.
 
 Batch enqueue: `shoal.client.enqueue_many(conn, [NewJob(...)])`, 5,000 jobs per call like
-every peer (one round trip per chunk). Worker: one in-process `shoal.worker.runner.Worker`
+every peer (one call per chunk). Worker: one in-process `shoal.worker.runner.Worker`
 with the defaults a production worker has — heartbeats, rescue, pruning, retries (max 5
 attempts, backoff) and Prometheus metrics all on; only the concurrency is chosen for
 no-op jobs (`BENCH_SHOAL_CONCURRENCY`, default below). The queue keeps Shoal's default

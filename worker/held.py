@@ -1,0 +1,80 @@
+"""Held batches: jobs claimed under the row locks of an open transaction.
+
+A held batch costs the database one write per job (the outcome) instead of two (lease, then
+outcome): see sql/004_held_claims.sql for why delivery stays at-least-once. The worker uses
+it only for short jobs on queues without flow limits, and keeps each transaction open for at
+most `HOLD_BUDGET` seconds: whatever is still running then is converted to an ordinary lease.
+
+This module holds the batch's bookkeeping and the pure decision of what closing a batch
+writes; the worker (runner.py) does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.worker.runner import Outcome
+
+# How long a held transaction may stay open before its unfinished jobs become leases.
+HOLD_BUDGET = 1.0
+# Open held batches per worker, each on its own connection.
+MAX_HELD = 3
+
+
+@dataclass
+class HeldBatch:
+    no: int
+    conn: Any  # asyncpg connection with the open transaction
+    transaction: Any
+    started_at: datetime
+    ids: list[int]
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    late: list[Outcome] = field(default_factory=list)  # arrived while the batch was being closed
+    closing: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, outcome: Outcome) -> None:
+        if self.closing:
+            self.late.append(outcome)
+            return
+        self.outcomes[outcome.job.id] = outcome
+        if len(self.outcomes) == len(self.ids):
+            self.done.set()
+
+
+@dataclass(frozen=True)
+class ClosePlan:
+    """What one commit of a held batch writes."""
+
+    lease_ids: list[int]  # still running (or about to run): become leases of this worker
+    record: list[Outcome]  # outcomes written with the held rule (attempt counted now)
+    relay: list[Outcome]  # finished, but written afterwards through the leased path
+    released: list[int]  # never started and never will be: the commit simply unlocks them
+
+
+def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> ClosePlan:
+    """Decide what closing `batch` writes.
+
+    A success with follow-up jobs is relayed as a lease, so the leased path's rule (a refused
+    follow-up fails only that job) applies to it unchanged. Jobs without an outcome stay ours
+    as leases, except, when stopping, those that never started: those go back untouched,
+    their attempt not counted, like the leased jobs a stopping worker releases.
+    """
+    record: list[Outcome] = []
+    relay: list[Outcome] = []
+    for outcome in batch.outcomes.values():
+        (relay if outcome.kind == "ok" and outcome.job.followups else record).append(outcome)
+    lease_ids: list[int] = [o.job.id for o in relay]
+    released: list[int] = []
+    for job_id in batch.ids:
+        if job_id in batch.outcomes:
+            continue
+        if stopping and job_id not in started:
+            released.append(job_id)
+        else:
+            lease_ids.append(job_id)
+    return ClosePlan(lease_ids, record, relay, released)
