@@ -1,19 +1,24 @@
 """Where a drained job's time goes: CPU per job of the worker process and of PostgreSQL,
-for held claims (one write per job, the default for short jobs) against leased claims
-(`--no-held-claims`: two writes per job), alternating in one run on one server.
+for held claims (one write per job, the default for short jobs), leased claims
+(`--no-held-claims`: two writes per job) and the bare reference loop of bench/peers/bare_bench.py
+(claim-and-delete, at-most-once, no features), alternating in one run on one server.
 
-Enqueues N no-op jobs, starts one `shoal worker`, and over a few seconds of steady state
+Enqueues N no-op jobs, starts one worker process, and over a few seconds of steady state
 reads the CPU time used by the worker and by every PostgreSQL process. Usage:
 
-    .venv/bin/python bench/cpu_per_job.py [--jobs 200000] [--concurrency 500] [--seconds 3] [--rounds 2]
+    .venv/bin/python bench/cpu_per_job.py [--jobs 500000] [--concurrency 500] [--seconds 3] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import psutil
@@ -23,7 +28,8 @@ from shoal import client, queues
 from shoal.client import NewJob
 from shoal.migrate import migrate
 
-MODES = {"leased": ["--no-held-claims"], "held": []}
+MODES = {"leased": ["--no-held-claims"], "held": [], "bare": None}
+BARE = Path(__file__).resolve().parent / "peers" / "bare_bench.py"
 
 
 def postgres_cpu() -> float:
@@ -38,18 +44,29 @@ def postgres_cpu() -> float:
     return total
 
 
-async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace, options: list[str]) -> dict[str, float]:
-    await conn.execute("DELETE FROM shoal.jobs")
-    for _ in range(0, args.jobs, 10_000):
-        await client.enqueue_many(conn, [NewJob("cpu", "shoal.noop") for _ in range(10_000)])
-    await conn.execute("VACUUM ANALYZE shoal.jobs")
-    worker = spawn_worker(url, "cpu", args.concurrency, *options)
+async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
+                  options: list[str] | None) -> dict[str, float]:
+    if options is None:  # the bare loop, through its benchmark adapter
+        table = "bare_jobs"
+        await conn.execute("DROP TABLE IF EXISTS bare_jobs")
+        subprocess.run([sys.executable, str(BARE), "setup", "--url", url], check=True, capture_output=True)
+        subprocess.run([sys.executable, str(BARE), "enqueue", "--url", url, "--jobs", str(args.jobs)],
+                       check=True, capture_output=True)
+        worker = subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
+    else:
+        table = "shoal.jobs"
+        await conn.execute("DELETE FROM shoal.jobs")
+        for _ in range(0, args.jobs, 10_000):
+            await client.enqueue_many(conn, [NewJob("cpu", "shoal.noop", {"n": i}) for i in range(10_000)])
+        worker = spawn_worker(url, "cpu", args.concurrency, *options)
+    await conn.execute(f"VACUUM ANALYZE {table}")
+    count = f"SELECT count(*) FROM {table}"  # noqa: S608 (one of two fixed names)
     await asyncio.sleep(1.5)  # past start-up and the first (always leased) claims
     wp = psutil.Process(worker.pid)
     w0, p0 = sum(wp.cpu_times()[:2]), postgres_cpu()
-    n0, t0 = await conn.fetchval("SELECT count(*) FROM shoal.jobs"), time.perf_counter()
+    n0, t0 = await conn.fetchval(count), time.perf_counter()
     await asyncio.sleep(args.seconds)
-    n1, t1 = await conn.fetchval("SELECT count(*) FROM shoal.jobs"), time.perf_counter()
+    n1, t1 = await conn.fetchval(count), time.perf_counter()
     w1, p1 = sum(wp.cpu_times()[:2]), postgres_cpu()
     worker.terminate()
     worker.wait()
@@ -74,16 +91,17 @@ async def main(args: argparse.Namespace) -> None:
         await conn.close()
         med = {mode: {k: statistics.median(r[k] for r in rs) for k in ("rate", "worker_us", "pg_us")}
                for mode, rs in results.items()}
-        print(f"median: held {med['held']['rate']:,.0f} jobs/s vs leased {med['leased']['rate']:,.0f} jobs/s "
-              f"({med['held']['rate'] / med['leased']['rate']:.2f}x); PostgreSQL CPU per job "
-              f"{med['held']['pg_us']:.1f} vs {med['leased']['pg_us']:.1f} us; worker CPU per job "
-              f"{med['held']['worker_us']:.1f} vs {med['leased']['worker_us']:.1f} us")
+        print("median of the rounds:")
+        for mode, m in med.items():
+            print(f"  {mode:6}: {m['rate']:8,.0f} jobs/s ({m['rate'] / med['held']['rate']:.2f}x held); worker CPU "
+                  f"{m['worker_us']:5.1f} us/job; PostgreSQL CPU {m['pg_us']:5.1f} us/job")
+        print(json.dumps({"median": med}))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=200_000)
+    parser.add_argument("--jobs", type=int, default=500_000)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     asyncio.run(main(parser.parse_args()))
