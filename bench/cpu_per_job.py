@@ -44,15 +44,20 @@ def postgres_cpu() -> float:
     return total
 
 
+def start_bare(url: str, jobs: int) -> subprocess.Popen[bytes]:
+    """The bare loop's schema and jobs through its adapter, then its worker process."""
+    for command in (["setup"], ["enqueue", "--jobs", str(jobs)]):
+        subprocess.run([sys.executable, str(BARE), command[0], "--url", url, *command[1:]], check=True,
+                       capture_output=True)
+    return subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
+
+
 async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
                   options: list[str] | None) -> dict[str, float]:
     if options is None:  # the bare loop, through its benchmark adapter
         table = "bare_jobs"
         await conn.execute("DROP TABLE IF EXISTS bare_jobs")
-        subprocess.run([sys.executable, str(BARE), "setup", "--url", url], check=True, capture_output=True)
-        subprocess.run([sys.executable, str(BARE), "enqueue", "--url", url, "--jobs", str(args.jobs)],
-                       check=True, capture_output=True)
-        worker = subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
+        worker = await asyncio.to_thread(start_bare, url, args.jobs)
     else:
         table = "shoal.jobs"
         await conn.execute("DELETE FROM shoal.jobs")

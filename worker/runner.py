@@ -223,6 +223,12 @@ class Worker:
         while not self.stopping.is_set():
             free = self._free_slots()
             holding = self._holding()
+            if self._claims_in_flight and not (self.busy or self.buffered):
+                # Idle, and the other claimer is already asking: a second claim would only
+                # compete with it on the server for the same few jobs.
+                self.slot_freed.clear()
+                await self._sleep(cfg.poll_interval, self.slot_freed)
+                continue
             if free <= 0 or (self.busy and free < max(1, cfg.concurrency // 4)) or (
                     holding and len(self.batches) >= MAX_HELD):
                 # Wait for a useful batch of free slots rather than claiming one job at a time.
