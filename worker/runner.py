@@ -555,6 +555,7 @@ class Worker:
                 job = self.held.pop(job_id, None)
                 if job is not None and job_id in started:
                     self._lost[job_id] = job
+            self._unbuffer(set(batch.ids))
             metrics.IN_FLIGHT.labels(self.config.queue).set(len(self.held))
             await self._drop_connection(batch.conn)
             self.slot_freed.set()
@@ -570,6 +571,19 @@ class Worker:
         self._account(record)
         # Leases from now on: outcomes that came in while we committed, and relayed successes.
         self._record_later(plan.relay + batch.late)
+
+    def _unbuffer(self, ids: set[int]) -> None:
+        """Drop jobs that are no longer ours from the not-yet-started buffer."""
+        kept: collections.deque[Job | list[Job]] = collections.deque()
+        for item in self.buffer:
+            if isinstance(item, list):
+                item = [job for job in item if job.id not in ids]
+                if item:
+                    kept.append(item)
+            elif item.id not in ids:
+                kept.append(item)
+        self.buffer = kept
+        self.buffered = sum(len(item) if isinstance(item, list) else 1 for item in kept)
 
     # -- recording ---------------------------------------------------------------------------
     async def _completer(self) -> None:
