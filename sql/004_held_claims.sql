@@ -27,8 +27,9 @@ CREATE TABLE shoal.held_batches (
 ALTER TABLE shoal.held_batches ALTER COLUMN ids SET STORAGE EXTERNAL;
 
 -- Lock up to p_limit ready jobs for the caller's open transaction. `attempts` is the attempt
--- this run will be; `xact` (the same on every row) identifies the transaction. A single row with id NULL means "use shoal.claim": the queue is paused or
--- has a limit, which only the serialised leased claim enforces.
+-- this run will be; `xact` (the same on every row) identifies the transaction. A single row
+-- with id NULL means "claim leased" (shoal.claim_leased): the queue is paused or has a limit,
+-- which only the serialised leased claim enforces.
 CREATE FUNCTION shoal.claim_held(p_queue text, p_limit integer)
 RETURNS TABLE (id bigint, task text, payload jsonb, attempts integer, max_attempts integer,
                run_at timestamptz, xact xid8)
