@@ -80,20 +80,30 @@ async def test_sigterm_drains_then_releases_unfinished(db_url: str, conn: asyncp
     assert await conn.fetchval("SELECT count(*) FROM shoal.workers") == 0
 
 
+# Leased: jobs long enough to be claimed as leases, crashed once 300 have succeeded. Held: no-op
+# jobs, crashed while a held batch (sql/004_held_claims.sql) is open, its transaction in hand.
+CRASH_MODES = {
+    "leased": (3000, "test.sleep_ms", {"ms": 20}, "20",
+               "SELECT count(*) >= 300 FROM shoal.jobs WHERE state = 'succeeded'"),
+    "held": (40_000, "shoal.noop", {}, "100", "SELECT count(*) > 0 FROM shoal.held_batches"),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", list(CRASH_MODES))
 async def test_database_crash_restart_loses_no_job(db_url: str, conn: asyncpg.Connection, tmp_path: Path,
-                                                   pg_server: EmbeddedPostgres | None) -> None:
+                                                   pg_server: EmbeddedPostgres | None, mode: str) -> None:
     if pg_server is None:
         pytest.skip("needs the embedded server to restart it (SHOAL_TEST_DATABASE_URL points elsewhere)")
-    n = 3000
+    n, task, payload, concurrency, mid_flight = CRASH_MODES[mode]
     await queues.declare_queue(conn, "dbr", keep_succeeded_seconds=3600)
-    await client.enqueue_many(conn, [NewJob("dbr", "test.sleep_ms", {"ms": 20}) for _ in range(n)])
+    await client.enqueue_many(conn, [NewJob("dbr", task, payload) for _ in range(n)])
     await conn.close()
-    proc = spawn_worker(db_url, "dbr", "--concurrency", "20", "--heartbeat-interval", "0.5",
+    proc = spawn_worker(db_url, "dbr", "--concurrency", concurrency, "--heartbeat-interval", "0.5",
                         "--stale-after", "30", log_path=tmp_path / "w.log")
     try:
         watcher = await asyncpg.connect(db_url)
-        await eventually(lambda: _at_least(watcher, "succeeded", 300), timeout=60)
+        await eventually(lambda: watcher.fetchval(mid_flight), timeout=60, interval=0.001)
         await watcher.close()
         pg_server.stop("immediate")  # a crash: connections die mid-transaction
         await asyncio.sleep(1.0)
@@ -110,7 +120,8 @@ async def test_database_crash_restart_loses_no_job(db_url: str, conn: asyncpg.Co
     finally:
         proc.kill()
     log = (tmp_path / "w.log").read_text()
-    assert "failed, backing off" in log or "will retry" in log, "the worker noticed the outage and recovered"
+    assert any(sign in log for sign in ("failed, backing off", "will retry", "lost a held batch")), \
+        "the worker noticed the outage and recovered"
 
 
 async def _at_least(conn: asyncpg.Connection, state: str, n: int) -> bool:
