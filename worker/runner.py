@@ -537,14 +537,9 @@ class Worker:
         started = {job_id for job_id in batch.ids if job_id in self.executing}
         plan = close_plan(batch, stopping=self.stopping.is_set(), started=started)
         record = plan.record
-        ok = [o.job.id for o in record if o.kind == "ok"]
-        fails = [o for o in record if o.kind == "fail"]
-        cancels = [o.job.id for o in record if o.kind == "cancel"]
         try:
             await batch.conn.execute(queries.FINISH_HELD, self.config.worker_id, self.config.queue, batch.no,
-                                     batch.started_at,
-                                     plan.lease_ids, ok, [o.job.id for o in fails], [o.error for o in fails],
-                                     [o.delay for o in fails], cancels)
+                                     batch.started_at, plan.lease_ids, *_outcome_columns(record))
             await batch.transaction.commit()
         except Exception as exc:
             self.db_ok = False
@@ -638,11 +633,7 @@ class Worker:
             outcome.kind, outcome.error, outcome.delay = failed.kind, failed.error, failed.delay
 
     async def _complete(self, db: Any, batch: list[Outcome]) -> None:
-        ok = [o.job.id for o in batch if o.kind == "ok"]
-        fails = [o for o in batch if o.kind == "fail"]
-        cancels = [o.job.id for o in batch if o.kind == "cancel"]
-        await db.execute(queries.COMPLETE, self.config.worker_id, self.config.queue, ok, [o.job.id for o in fails],
-                         [o.error for o in fails], [o.delay for o in fails], cancels)
+        await db.execute(queries.COMPLETE, self.config.worker_id, self.config.queue, *_outcome_columns(batch))
         followups: list[NewJob] = [f for o in batch if o.kind == "ok" for f in o.job.followups]
         if followups:
             await enqueue_many(db, followups)
@@ -776,6 +767,15 @@ class Worker:
                 await asyncio.sleep(min(0.2 * 2 ** attempt, 3))
         log.error("could not record outcomes before exit; the jobs will be rescued after --stale-after",
                   extra={"unrecorded": len(self.outcomes)})
+
+
+def _outcome_columns(outcomes: list[Outcome]) -> tuple[list[int], list[int], list[str | None],
+                                                       list[float | None], list[int]]:
+    """Outcomes as shoal.record's arrays: ok ids, failed ids with their errors and retry delays,
+    cancelled ids (the leased and the held path write the same columns)."""
+    fails = [o for o in outcomes if o.kind == "fail"]
+    return ([o.job.id for o in outcomes if o.kind == "ok"], [o.job.id for o in fails], [o.error for o in fails],
+            [o.delay for o in fails], [o.job.id for o in outcomes if o.kind == "cancel"])
 
 
 def _interval(seconds: float) -> Any:
