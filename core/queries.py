@@ -17,11 +17,14 @@ ENQUEUE_COPY_TABLE = ("shoal", "jobs")
 ENQUEUE_COPY_COLUMNS = ("id", "payload", "queue", "task", "priority", "run_at", "max_attempts")
 
 # --- worker -------------------------------------------------------------------
-CLAIM = "SELECT id, task, payload, attempts, max_attempts, run_at FROM shoal.claim_leased($1, $2, $3, $4)"
+# run_at comes back as epoch seconds: asyncpg builds a float far faster than a datetime, per job.
+CLAIM = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at "
+         "FROM shoal.claim_leased($1, $2, $3, $4)")
 COMPLETE = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
 # Held claims (sql/004_held_claims.sql): CLAIM_HELD and FINISH_HELD run inside the batch's own
 # transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
-CLAIM_HELD = "SELECT id, task, payload, attempts, max_attempts, run_at, xact FROM shoal.claim_held($1, $2)"
+CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, xact "
+              "FROM shoal.claim_held($1, $2)")
 HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
 FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"

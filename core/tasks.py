@@ -13,7 +13,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shoal import names
@@ -37,20 +37,25 @@ class Job:
     """What a handler sees of one job. Follow-up jobs added with `enqueue` are written in the
     same transaction that records this job's success, and discarded if it fails."""
 
-    __slots__ = ("id", "queue", "task", "attempt", "max_attempts", "scheduled_at", "_raw", "_payload",
+    __slots__ = ("id", "queue", "task", "attempt", "max_attempts", "scheduled", "_raw", "_payload",
                  "followups")
 
     def __init__(self, id: int, queue: str, task: str, raw_payload: str, attempt: int, max_attempts: int,
-                 scheduled_at: datetime | None) -> None:
+                 scheduled: float | None) -> None:
         self.id = id
         self.queue = queue
         self.task = task
         self.attempt = attempt
         self.max_attempts = max_attempts
-        self.scheduled_at = scheduled_at
+        self.scheduled = scheduled  # run_at as epoch seconds: a float decodes far faster than a datetime
         self._raw = raw_payload
         self._payload: Any = _UNSET
         self.followups: list[NewJob] = []
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        """When the job was due to run (its run_at)."""
+        return None if self.scheduled is None else datetime.fromtimestamp(self.scheduled, UTC)
 
     @property
     def payload(self) -> Any:

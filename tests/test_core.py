@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime
 
 import asyncpg
@@ -131,6 +132,31 @@ async def test_delayed_jobs_wait_and_priority_orders_claims(db_url: str, conn: a
         assert order == [5, 3, 1]
         assert 99 not in order, "a delayed job must not run before its time"
         await eventually(lambda: asyncio.sleep(0, 99 in order), timeout=10)
+
+
+async def test_jobs_that_wait_on_each_other_get_every_slot(db_url: str, conn: asyncpg.Connection) -> None:
+    """Parked runners are woken a few at a time: each that takes a job must pass the work on,
+    or jobs that need all `concurrency` slots at once would never all start."""
+    await queues.declare_queue(conn, "gate")
+    slots = 40
+    started: list[Job] = []
+    all_in = asyncio.Event()
+    reg = TaskRegistry()
+
+    @task("meet", registry=reg)
+    async def meet(job: Job) -> None:
+        started.append(job)
+        if len(started) == slots:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 15)  # a job that never gets a slot fails them all
+
+    before = time.time()
+    ids = await client.enqueue_many(conn, [NewJob("gate", "meet") for _ in range(slots)])
+    async with running_worker(db_url, "gate", reg, concurrency=slots):
+        result = await client.wait(conn, ids, timeout=30)
+    assert {r.state for r in result.values()} == {"succeeded"}
+    assert all(j.scheduled_at is not None and before - 1 < j.scheduled_at.timestamp() < time.time()
+               for j in started), "a job knows when it was due"
 
 
 # -- worker outcomes -----------------------------------------------------------------------------

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 # How long a held transaction may stay open before its unfinished jobs become leases.
 HOLD_BUDGET = 1.0
-# Open held batches per worker, each on its own connection.
-MAX_HELD = 3
+# Open held batches per worker, each on its own connection: one running while the next is
+# claimed. More overlap made each claim skip more locked rows (see Worker._claimer).
+MAX_HELD = 2
 
 
 @dataclass

@@ -82,6 +82,18 @@ class WorkerConfig:
         return self
 
 
+# Runners woken at once for new work; each one that takes an item wakes another while work remains.
+_WAKE_AHEAD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskInfo:
+    spec: TaskSpec | None  # None: no handler registered under that name
+    timeout: float | None
+    ran: Any  # handler duration histogram child
+    waited: Any  # queue wait histogram child
+
+
 @dataclass(slots=True)
 class Outcome:
     job: Job
@@ -109,16 +121,18 @@ class Worker:
         self.outcomes: list[Outcome] = []
         self.cancelling: set[int] = set()
         self.wake = asyncio.Event()
-        self.work_ready = asyncio.Event()
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()  # parked runners
+        self._waking = 0  # runners woken for work that have not resumed yet
         self.slot_freed = asyncio.Event()
         self.outcome_ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.db_ok = False
         self.last_tick = time.monotonic()
         self._rng = random.Random()
-        self._timers: dict[str, tuple[Any, Any]] = {}
+        self._tasks: dict[str, _TaskInfo] = {}
         self._claims_started = 0
         self._claims_in_flight = 0
+        self._backlog = False  # the last claim came back full: more jobs are likely ready
         self.batches: dict[int, HeldBatch] = {}  # open held batches by number
         self.batch_of: dict[int, HeldBatch] = {}  # job id -> its open held batch
         self._batch_seq = 0
@@ -133,8 +147,9 @@ class Worker:
             self.stopping.set()
             self.buffer.clear()  # not started: released on exit, attempts unchanged
             self.buffered = 0
-            for event in (self.wake, self.slot_freed, self.work_ready):
+            for event in (self.wake, self.slot_freed):
                 event.set()
+            self._wake_runners(len(self._idle))
             for batch in self.batches.values():
                 batch.done.set()  # close now: what never started goes back untouched
 
@@ -186,7 +201,8 @@ class Worker:
         while True:
             try:
                 # Two claimers, the completer, the keeper, and one connection per open held batch.
-                return await asyncpg.create_pool(self.config.database_url, min_size=1, max_size=5 + MAX_HELD)
+                return await asyncpg.create_pool(self.config.database_url, min_size=1, max_size=5 + MAX_HELD,
+                                                 reset=_keep_session)
             except (OSError, asyncpg.PostgresError) as exc:
                 if self.stopping.is_set():
                     raise
@@ -214,8 +230,13 @@ class Worker:
         cfg = self.config
         if len(self.outcomes) > 4 * cfg.concurrency:
             return 0
-        ahead = 2 * cfg.concurrency if self.avg_duration < _PREFETCH_BELOW else 0
-        return cfg.concurrency + ahead - self.busy - self.buffered - self.claiming
+        return self._capacity() - self.busy - self.buffered - self.claiming
+
+    def _capacity(self) -> int:
+        """Jobs this worker may have claimed and not finished: its slots, plus two batches ahead
+        for short jobs."""
+        cfg = self.config
+        return cfg.concurrency * 3 if self.avg_duration < _PREFETCH_BELOW else cfg.concurrency
 
     async def _claimer(self) -> None:
         cfg = self.config
@@ -223,15 +244,20 @@ class Worker:
         while not self.stopping.is_set():
             free = self._free_slots()
             holding = self._holding()
-            if self._claims_in_flight and not (self.busy or self.buffered):
+            if self._claims_in_flight and not (self.busy or self.buffered or self._backlog):
                 # Idle, and the other claimer is already asking: a second claim would only
-                # compete with it on the server for the same few jobs.
+                # compete with it on the server for the same few jobs. With a backlog, the two
+                # overlap instead: this worker runs a batch faster than a claim comes back.
                 self.slot_freed.clear()
                 await self._sleep(cfg.poll_interval, self.slot_freed)
                 continue
+            open_held = len(self.batches) + self._claims_in_flight
             if free <= 0 or (self.busy and free < max(1, cfg.concurrency // 4)) or (
-                    holding and len(self.batches) >= MAX_HELD):
+                    holding and (open_held >= MAX_HELD or (open_held and free < self._capacity() // 2))):
                 # Wait for a useful batch of free slots rather than claiming one job at a time.
+                # A held claim skips every row the open held batches lock, one by one: it waits
+                # for half a worker's capacity, or the skipping costs the server more than the
+                # claim (with three small overlapping batches it doubled the server's CPU per job).
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
                 continue
@@ -245,6 +271,7 @@ class Worker:
                     rows = await self.pool.fetch(queries.CLAIM, cfg.queue, cfg.worker_id, free,  # type: ignore[union-attr]
                                                  _interval(cfg.stale_after))
                 self.db_ok, delay = True, 0.1
+                self._backlog = len(rows) >= free
             except Exception as exc:  # never let the claimer die; the database may be restarting
                 self.db_ok = False
                 log.warning("claim failed, backing off", extra={"error": repr(exc), "retry_in": delay})
@@ -320,11 +347,11 @@ class Worker:
         with contextlib.suppress(Exception):
             await self.pool.release(conn)
 
-    async def _throttled(self, reason: str, until: datetime | None) -> None:
+    async def _throttled(self, reason: str, until: float | None) -> None:
         if reason != "paused":
             metrics.RATE_LIMITED.labels(self.config.queue, reason).inc()
-        if until is not None:
-            wait = (until - datetime.now(UTC)).total_seconds()
+        if until is not None:  # epoch seconds
+            wait = until - time.time()
             # A small random offset keeps pods that wait for the same slot from colliding.
             await self._sleep(max(0.0, min(wait, self.config.poll_interval)) + self._rng.random() * 0.01)
         elif reason == "concurrency_limited":
@@ -337,19 +364,23 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waiter.wait(), seconds)
 
-    def _timers_for(self, task: str) -> tuple[Any, Any]:
-        timers = self._timers.get(task)
-        if timers is None:
-            timers = (metrics.JOB_DURATION.labels(self.config.queue, task),
-                      metrics.QUEUE_WAIT.labels(self.config.queue, task))
-            self._timers[task] = timers
-        return timers
+    def _task_info(self, task: str) -> _TaskInfo:
+        """What running a job of `task` needs, looked up once per task name rather than per job.
+        Unknown tasks are not remembered, so a handler registered later is found."""
+        info = self._tasks.get(task)
+        if info is None:
+            spec = self.config.registry.get(task)
+            timeout = None if spec is None else spec.timeout if spec.timeout is not None else self.config.job_timeout
+            info = _TaskInfo(spec, timeout, metrics.JOB_DURATION.labels(self.config.queue, task),
+                             metrics.QUEUE_WAIT.labels(self.config.queue, task))
+            if spec is not None:
+                self._tasks[task] = info
+        return info
 
     def _accept(self, rows: list[Any], batch: HeldBatch | None = None) -> None:
         # The hot path of a fast queue: columns by position, per-task lookups once per claim.
         queue = self.config.queue
         now = time.time()
-        registry = self.config.registry
         held, buffer = self.held, self.buffer
         claimed: dict[str, int] = {}
         batches: dict[str, list[Job]] = {}
@@ -360,11 +391,12 @@ class Worker:
             held[job.id] = job
             known = per_task.get(task)
             if known is None:
-                spec = registry.get(task)
-                known = per_task[task] = (spec is not None and spec.batch, self._timers_for(task)[1])
+                info = self._task_info(task)
+                known = per_task[task] = (info.spec is not None and info.spec.batch, info.waited)
                 claimed[task] = 0
             claimed[task] += 1
-            known[1].observe(max(0.0, now - job.scheduled_at.timestamp()))
+            wait = now - r[5]
+            known[1].observe(wait if wait > 0.0 else 0.0)
             if known[0]:
                 batches.setdefault(task, []).append(job)
             else:
@@ -372,20 +404,33 @@ class Worker:
         if batch is not None:
             self.batch_of.update(dict.fromkeys(batch.ids, batch))
         for name, jobs in batches.items():
-            size = registry.tasks[name].batch_size
+            size = self.config.registry.tasks[name].batch_size
             buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
         self.buffered += len(rows)
         for task, n in claimed.items():
             metrics.JOBS_CLAIMED.labels(queue, task).inc(n)
         metrics.IN_FLIGHT.labels(queue).set(len(self.held))
         metrics.CLAIMS.labels(queue, "leased" if batch is None else "held").inc()
-        self.work_ready.set()
+        self._wake_runners(min(len(buffer), _WAKE_AHEAD))
+
+    def _wake_runners(self, n: int) -> None:
+        """Unpark up to `n` idle runners. Work wakes a few at a time, and each runner that takes
+        an item wakes one more while work remains (see `_runner`): waking every idle runner for
+        every claim cost more than no-op jobs themselves, as most found the buffer already empty."""
+        idle = self._idle
+        while n > 0 and idle:
+            parked = idle.popleft()
+            if not parked.done():
+                parked.set_result(None)
+                self._waking += 1
+                n -= 1
 
     # -- running -----------------------------------------------------------------------------
     async def _runner(self) -> None:
         """One of `concurrency` long-lived coroutines: cheaper than a task per job."""
         me = asyncio.current_task()
         assert me is not None
+        loop = asyncio.get_running_loop()
         streak = 0
         while True:
             streak += 1
@@ -398,9 +443,16 @@ class Worker:
                 streak = 0
                 if self.stopping.is_set():
                     return
-                self.work_ready.clear()
-                await self.work_ready.wait()
+                parked = loop.create_future()
+                self._idle.append(parked)
+                try:
+                    await parked
+                finally:
+                    if parked.done() and not parked.cancelled():
+                        self._waking -= 1
             item = self.buffer.popleft()
+            if self.buffer and self._idle and self._waking < _WAKE_AHEAD:
+                self._wake_runners(1)  # more work: pass it on before this job may block
             self.buffered -= len(item) if isinstance(item, list) else 1
             self.busy += 1
             try:
@@ -417,9 +469,6 @@ class Worker:
                 self.busy -= 1
                 self.slot_freed.set()
 
-    def _timeout(self, spec: TaskSpec) -> float | None:
-        return spec.timeout if spec.timeout is not None else self.config.job_timeout
-
     def _failure(self, job: Job, exc: BaseException, *, permanent: bool = False) -> Outcome:
         if isinstance(exc, TimeoutError):
             error = f"TimeoutError: job timed out after {self._timeout_for(job)}s"
@@ -431,8 +480,7 @@ class Worker:
         return Outcome(job, "fail", error, delay)
 
     def _timeout_for(self, job: Job) -> float | None:
-        spec = self.config.registry.get(job.task)
-        return self._timeout(spec) if spec else None
+        return self._task_info(job.task).timeout
 
     def _was_cancelled(self, jobs: list[Job]) -> bool:
         """A CancelledError meant for this job (not a shutdown): keep the runner alive."""
@@ -444,7 +492,8 @@ class Worker:
         return True
 
     async def _run_one(self, job: Job) -> None:
-        spec = self.config.registry.get(job.task)
+        info = self._task_info(job.task)
+        spec = info.spec
         started = time.perf_counter()
         try:
             if spec is None:
@@ -453,11 +502,10 @@ class Worker:
                                   f"(known: {known}); register it with @shoal.task({job.task!r}) in a module "
                                   "passed to --tasks", None)
             else:
-                timeout = self._timeout(spec)
-                if timeout is None:
-                    await call(spec, job)
+                if info.timeout is None:
+                    await (spec.fn(job) if spec.is_async else call(spec, job))
                 else:
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(info.timeout):
                         await call(spec, job)
                 outcome = Outcome(job, "ok")
         except asyncio.CancelledError:
@@ -468,14 +516,18 @@ class Worker:
             outcome = self._failure(job, exc)
         elapsed = time.perf_counter() - started
         self.avg_duration += (elapsed - self.avg_duration) * 0.02
-        self._timers_for(job.task)[0].observe(elapsed)
-        self._record_later((outcome,))
+        info.ran.observe(elapsed)
+        batch = self.batch_of.get(job.id)
+        if batch is not None and not self._lost:
+            batch.add(outcome)  # the common case of a fast queue, without `_record_later`'s loop
+        else:
+            self._record_later((outcome,))
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         spec = self.config.registry.tasks[jobs[0].task]
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout(spec)):
+            async with asyncio.timeout(self._task_info(spec.name).timeout):
                 result = await call(spec, jobs)
             failed = dict(result or {})
             outcomes = []
@@ -496,7 +548,7 @@ class Worker:
         except Exception as exc:
             outcomes = [self._failure(job, exc) for job in jobs]
         elapsed = time.perf_counter() - started
-        hist = self._timers_for(spec.name)[0]
+        hist = self._task_info(spec.name).ran
         for _ in jobs:
             hist.observe(elapsed)
         self._record_later(outcomes)
@@ -742,7 +794,7 @@ class Worker:
         released (not failed) by `_final_flush`."""
         if self.busy:
             log.info("draining running jobs", extra={"running": self.busy, "timeout": self.config.drain_timeout})
-        self.work_ready.set()  # idle runners see `stopping` and return
+        self._wake_runners(len(self._idle))  # idle runners see `stopping` and return
         await asyncio.wait(runners, timeout=self.config.drain_timeout)
 
     async def _final_flush(self) -> None:
@@ -776,6 +828,14 @@ def _outcome_columns(outcomes: list[Outcome]) -> tuple[list[int], list[int], lis
     fails = [o for o in outcomes if o.kind == "fail"]
     return ([o.job.id for o in outcomes if o.kind == "ok"], [o.job.id for o in fails], [o.error for o in fails],
             [o.delay for o in fails], [o.job.id for o in outcomes if o.kind == "cancel"])
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Give a connection back to the pool as it is. asyncpg's default reset is one more round
+    trip per release (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) and the worker's pool has
+    no session state to undo: its locks are transaction-scoped, it never LISTENs on a pooled
+    connection (the listener has its own) and it never SETs. asyncpg still rolls back a
+    transaction left open before this is called."""
 
 
 def _interval(seconds: float) -> Any:

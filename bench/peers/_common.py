@@ -5,7 +5,9 @@ An adapter is a script run in the interpreter of the system it measures. The run
 
     setup             install the system's schema; print one JSON line:
                       {"version": str, "remaining_sql": str, "config": {...}}
-                      `remaining_sql` returns one integer: jobs not yet finished.
+                      `remaining_sql` returns one integer, the jobs not yet finished, and
+                      has the form `SELECT count(*) FROM …`: the drain polls the
+                      derived `SELECT EXISTS (SELECT 1 FROM …)`, which costs the server less.
     enqueue --jobs N  insert N no-op jobs with the fastest batch API, timed around the
                       inserts only; print {"jobs": N, "seconds": float}
     worker [--latency]
