@@ -431,6 +431,7 @@ class Worker:
         me = asyncio.current_task()
         assert me is not None
         loop = asyncio.get_running_loop()
+        buffer, idle, executing, slot_freed = self.buffer, self._idle, self.executing, self.slot_freed
         streak = 0
         while True:
             streak += 1
@@ -439,35 +440,42 @@ class Worker:
                 # claims, writes and heartbeats would wait for it: let them in now and then.
                 streak = 0
                 await asyncio.sleep(0)
-            while not self.buffer:
+            while not buffer:
                 streak = 0
                 if self.stopping.is_set():
                     return
                 parked = loop.create_future()
-                self._idle.append(parked)
+                idle.append(parked)
                 try:
                     await parked
                 finally:
                     if parked.done() and not parked.cancelled():
                         self._waking -= 1
-            item = self.buffer.popleft()
-            if self.buffer and self._idle and self._waking < _WAKE_AHEAD:
+            item = buffer.popleft()
+            if buffer and idle and self._waking < _WAKE_AHEAD:
                 self._wake_runners(1)  # more work: pass it on before this job may block
-            self.buffered -= len(item) if isinstance(item, list) else 1
             self.busy += 1
-            try:
-                if isinstance(item, list):
+            if isinstance(item, list):
+                self.buffered -= len(item)
+                try:
                     for job in item:
-                        self.executing[job.id] = me
+                        executing[job.id] = me
                     await self._run_batch(item)
-                else:
-                    self.executing[item.id] = me
+                finally:
+                    for job in item:
+                        executing.pop(job.id, None)
+                    self.busy -= 1
+                    slot_freed.set()
+            else:
+                self.buffered -= 1
+                job_id = item.id
+                executing[job_id] = me
+                try:
                     await self._run_one(item)
-            finally:
-                for job in item if isinstance(item, list) else (item,):
-                    self.executing.pop(job.id, None)
-                self.busy -= 1
-                self.slot_freed.set()
+                finally:
+                    executing.pop(job_id, None)
+                    self.busy -= 1
+                    slot_freed.set()
 
     def _failure(self, job: Job, exc: BaseException, *, permanent: bool = False) -> Outcome:
         if isinstance(exc, TimeoutError):
@@ -629,7 +637,8 @@ class Worker:
                     kept.append(item)
             elif item.id not in ids:
                 kept.append(item)
-        self.buffer = kept
+        self.buffer.clear()  # in place: runners hold a reference to it
+        self.buffer.extend(kept)
         self.buffered = sum(len(item) if isinstance(item, list) else 1 for item in kept)
 
     # -- recording ---------------------------------------------------------------------------
