@@ -3,10 +3,10 @@ for held claims (one write per job, the default for short jobs), leased claims
 (`--no-held-claims`: two writes per job) and the bare reference loop of bench/peers/bare_bench.py
 (claim-and-delete, at-most-once, no features), alternating in one run on one server.
 
-Enqueues N no-op jobs, starts one worker process, and over a few seconds of steady state
+Enqueues N no-op jobs, starts one worker process (or --workers N), and over a few seconds of steady state
 reads the CPU time used by the worker and by every PostgreSQL process. Usage:
 
-    .venv/bin/python bench/cpu_per_job.py [--jobs 500000] [--concurrency 500] [--seconds 3] [--rounds 2]
+    .venv/bin/python bench/cpu_per_job.py [--jobs 500000] [--concurrency 500] [--seconds 3] [--rounds 3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -44,12 +44,11 @@ def postgres_cpu() -> float:
     return total
 
 
-def start_bare(url: str, jobs: int) -> subprocess.Popen[bytes]:
-    """The bare loop's schema and jobs through its adapter, then its worker process."""
+def enqueue_bare(url: str, jobs: int) -> None:
+    """The bare loop's schema and jobs, through its adapter."""
     for command in (["setup"], ["enqueue", "--jobs", str(jobs)]):
         subprocess.run([sys.executable, str(BARE), command[0], "--url", url, *command[1:]], check=True,
                        capture_output=True)
-    return subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
 
 
 async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
@@ -57,24 +56,29 @@ async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
     if options is None:  # the bare loop, through its benchmark adapter
         table = "bare_jobs"
         await conn.execute("DROP TABLE IF EXISTS bare_jobs")
-        worker = await asyncio.to_thread(start_bare, url, args.jobs)
+        await asyncio.to_thread(enqueue_bare, url, args.jobs)
     else:
         table = "shoal.jobs"
         await conn.execute("DELETE FROM shoal.jobs")
         for _ in range(0, args.jobs, 10_000):
             await client.enqueue_many(conn, [NewJob("cpu", "shoal.noop", {"n": i}) for i in range(10_000)])
-        worker = spawn_worker(url, "cpu", args.concurrency, *options)
-    await conn.execute(f"VACUUM ANALYZE {table}")
+    await conn.execute(f"VACUUM ANALYZE {table}")  # before the workers start: it can take seconds
+    if options is None:
+        workers = [subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
+                   for _ in range(args.workers)]
+    else:
+        workers = [spawn_worker(url, "cpu", args.concurrency, *options) for _ in range(args.workers)]
     count = f"SELECT count(*) FROM {table}"  # noqa: S608 (one of two fixed names)
     await asyncio.sleep(1.5)  # past start-up and the first (always leased) claims
-    wp = psutil.Process(worker.pid)
-    w0, p0 = sum(wp.cpu_times()[:2]), postgres_cpu()
+    procs = [psutil.Process(w.pid) for w in workers]
+    w0, p0 = sum(sum(p.cpu_times()[:2]) for p in procs), postgres_cpu()
     n0, t0 = await conn.fetchval(count), time.perf_counter()
     await asyncio.sleep(args.seconds)
     n1, t1 = await conn.fetchval(count), time.perf_counter()
-    w1, p1 = sum(wp.cpu_times()[:2]), postgres_cpu()
-    worker.terminate()
-    worker.wait()
+    w1, p1 = sum(sum(p.cpu_times()[:2]) for p in procs), postgres_cpu()
+    for w in workers:
+        w.terminate()
+        w.wait()
     done = n0 - n1
     if n1 == 0:
         print("  (queue ran dry during the window: raise --jobs)")
@@ -109,4 +113,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (their CPU is summed)")
     asyncio.run(main(parser.parse_args()))
