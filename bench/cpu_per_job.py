@@ -51,6 +51,10 @@ def enqueue_bare(url: str, jobs: int) -> None:
                        capture_output=True)
 
 
+def spawn_bare(url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
+
+
 async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
                   options: list[str] | None) -> dict[str, float]:
     if options is None:  # the bare loop, through its benchmark adapter
@@ -64,8 +68,7 @@ async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
             await client.enqueue_many(conn, [NewJob("cpu", "shoal.noop", {"n": i}) for i in range(10_000)])
     await conn.execute(f"VACUUM ANALYZE {table}")  # before the workers start: it can take seconds
     if options is None:
-        workers = [subprocess.Popen([sys.executable, str(BARE), "worker", "--url", url], stdout=subprocess.DEVNULL)
-                   for _ in range(args.workers)]
+        workers = [spawn_bare(url) for _ in range(args.workers)]
     else:
         workers = [spawn_worker(url, "cpu", args.concurrency, *options) for _ in range(args.workers)]
     count = f"SELECT count(*) FROM {table}"  # noqa: S608 (one of two fixed names)
