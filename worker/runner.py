@@ -1,9 +1,10 @@
 """The execution loop: claim in batches, run handlers, record outcomes in batches.
 
-Four cooperating coroutines share one pool:
-- the claimer asks `shoal.claim()` for as many jobs as there are free slots, and sleeps on
-  LISTEN/NOTIFY (with a polling fallback) when there is nothing to do;
-- each claimed job runs in its own asyncio task, bounded by `concurrency`;
+Cooperating coroutines share one pool:
+- two claimers ask for as many jobs as there are free slots, and sleep on LISTEN/NOTIFY (with a
+  polling fallback) when there is nothing to do;
+- `concurrency` runners take claimed jobs from a buffer and run them; idle runners are parked
+  and woken a few at a time as work arrives;
 - the completer writes every finished outcome since its last write in one `shoal.complete()`
   call: natural batching, so no per-job round trip under load and no added latency when idle;
 - the keeper beats, rescues jobs of dead workers and prunes expired jobs.
