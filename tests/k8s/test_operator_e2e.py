@@ -339,7 +339,10 @@ async def test_peering_one_replica_active_and_failover(
             return get(kubectl, "deployment", f"{name}-workers", namespace)
         return check
 
-    await eventually(await deployed("first"), timeout=30)
+    try:
+        await eventually(await deployed("first"), timeout=60)
+    except AssertionError:
+        raise AssertionError(logs(high, low)) from None
     # Only the active replica handled it: the standby stayed paused and handled nothing since.
     since_paused = low.log.split("Pausing operations in favour of", 1)[1]
     assert "Resuming operations" not in since_paused
@@ -357,4 +360,7 @@ async def test_peering_one_replica_active_and_failover(
     except AssertionError:
         raise AssertionError(logs(high, low)) from None
     kubectl.apply(queue("second"), ns)
-    await eventually(await deployed("second"), timeout=30)
+    try:
+        await eventually(await deployed("second"), timeout=60)
+    except AssertionError:
+        raise AssertionError(logs(low)) from None
