@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import subprocess
@@ -61,16 +62,15 @@ async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
         table = "bare_jobs"
         await conn.execute("DROP TABLE IF EXISTS bare_jobs")
         await asyncio.to_thread(enqueue_bare, url, args.jobs)
+        spawn = functools.partial(spawn_bare, url)
     else:
         table = "shoal.jobs"
         await conn.execute("DELETE FROM shoal.jobs")
         for _ in range(0, args.jobs, 10_000):
             await client.enqueue_many(conn, [NewJob("cpu", "shoal.noop", {"n": i}) for i in range(10_000)])
+        spawn = functools.partial(spawn_worker, url, "cpu", args.concurrency, *options)
     await conn.execute(f"VACUUM ANALYZE {table}")  # before the workers start: it can take seconds
-    if options is None:
-        workers = [spawn_bare(url) for _ in range(args.workers)]
-    else:
-        workers = [spawn_worker(url, "cpu", args.concurrency, *options) for _ in range(args.workers)]
+    workers = [spawn() for _ in range(args.workers)]
     count = f"SELECT count(*) FROM {table}"  # noqa: S608 (one of two fixed names)
     await asyncio.sleep(1.5)  # past start-up and the first (always leased) claims
     procs = [psutil.Process(w.pid) for w in workers]

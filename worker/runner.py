@@ -455,28 +455,18 @@ class Worker:
             item = buffer.popleft()
             if buffer and idle and self._waking < _WAKE_AHEAD:
                 self._wake_runners(1)  # more work: pass it on before this job may block
+            jobs = item if isinstance(item, list) else (item,)
+            self.buffered -= len(jobs)
             self.busy += 1
-            if isinstance(item, list):
-                self.buffered -= len(item)
-                try:
-                    for job in item:
-                        executing[job.id] = me
-                    await self._run_batch(item)
-                finally:
-                    for job in item:
-                        executing.pop(job.id, None)
-                    self.busy -= 1
-                    slot_freed.set()
-            else:
-                self.buffered -= 1
-                job_id = item.id
-                executing[job_id] = me
-                try:
-                    await self._run_one(item)
-                finally:
-                    executing.pop(job_id, None)
-                    self.busy -= 1
-                    slot_freed.set()
+            for job in jobs:
+                executing[job.id] = me
+            try:
+                await (self._run_batch(item) if isinstance(item, list) else self._run_one(item))
+            finally:
+                for job in jobs:
+                    executing.pop(job.id, None)
+                self.busy -= 1
+                slot_freed.set()
 
     def _failure(self, job: Job, exc: BaseException, *, permanent: bool = False) -> Outcome:
         if isinstance(exc, TimeoutError):
