@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
@@ -20,11 +18,12 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from shoal import names, queries
-from shoal.errors import JobNotFoundError, UnknownQueueError, ValidationError
+from shoal.errors import JobNotFoundError
+from shoal.validation import _Batch, _Row, _validate, translate_errors
+from shoal.validation import encode_payload as encode_payload  # part of this module's API
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-_UNKNOWN_QUEUE = re.compile(r'unknown queue "([^"]*)"')
 
 
 @dataclass
@@ -53,140 +52,17 @@ class JobResult:
     pruned: bool = False  # succeeded and already deleted by retention
 
 
-# One job, validated and encoded: queue, task, payload (JSON text), priority, run_at, max_attempts,
-# unique_key. None means "the default": now() for run_at, the queue's for max_attempts.
-_Row: TypeAlias = tuple[str, str, str, int, datetime | None, int | None, str | None]
-
-
-@dataclass
-class _Batch:
-    rows: list[_Row]
-    queues: set[str]  # the distinct queues
-
-
-# One encoder for all payloads: json.dumps with options builds a new encoder on every call,
-# which was a third of the client's time for a 50,000-job batch.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-# What `_ENCODER.encode` calls, minus the per-call setup (see `_payload_encoder`).
-_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
-
 # Batches of at least this many jobs, none with a unique key, are written with COPY
 # (`_enqueue_copy`); smaller ones with one call to shoal.enqueue_many. COPY costs three more
 # round trips (BEGIN, reserve, COMMIT: ~0.7 ms on loopback) and saves a few microseconds per job;
 # bench/enqueue_paths.py --sizes puts the break-even at 250-400 jobs on loopback, later over a
 # network. Single jobs and small batches keep their one round trip.
 COPY_MIN_BATCH = 500
-_INT4_MAX = 2**31 - 1
-
-
-def _payload_error(field_name: str, exc: Exception) -> ValidationError:
-    return ValidationError(field_name, f"payload is not JSON-serialisable ({exc}); pass dicts, lists, "
-                           "strings, numbers, booleans or None")
-
-
-def encode_payload(payload: Any, field_name: str = "payload") -> str:
-    if payload is None:
-        return "{}"
-    try:
-        return _ENCODER.encode(payload)
-    except (TypeError, ValueError) as exc:
-        raise _payload_error(field_name, exc) from exc
-
-
-def _payload_encoder() -> Callable[[Any, int], list[str]]:
-    """`_ENCODER.encode` for one batch, minus building a C encoder for every payload: returns
-    the text in pieces, to be joined.
-
-    `JSONEncoder.encode` makes a new C encoder (from the same settings) per call, two thirds of
-    the cost of encoding a small payload. One per batch and never shared: the C encoder's
-    circular-reference markers are not cleared when it raises, and are not thread-safe.
-    """
-    if _C_MAKE_ENCODER is None:  # no C accelerator (e.g. PyPy)
-        return lambda payload, _level: [_ENCODER.encode(payload)]
-    enc = _ENCODER
-    return _C_MAKE_ENCODER({}, enc.default, json.encoder.encode_basestring_ascii,  # type: ignore[no-any-return]
-                           enc.indent, enc.key_separator, enc.item_separator, enc.sort_keys,
-                           enc.skipkeys, enc.allow_nan)
-
-
-def _run_at(job: NewJob, where: str) -> datetime | None:
-    if job.run_at is not None and job.delay is not None:
-        raise ValidationError(f"{where}run_at", "give either run_at or delay, not both")
-    if job.delay is not None:
-        seconds = job.delay.total_seconds() if isinstance(job.delay, timedelta) else float(job.delay)
-        if seconds < 0 or seconds != seconds:
-            raise ValidationError(f"{where}delay", f"delay must be >= 0 seconds, got {job.delay!r}")
-        return datetime.now(UTC) + timedelta(seconds=seconds) if seconds else None
-    if job.run_at is not None and job.run_at.tzinfo is None:
-        raise ValidationError(f"{where}run_at", "run_at must be timezone-aware, e.g. datetime.now(timezone.utc)")
-    return job.run_at
-
-
-def _check_job(job: NewJob, where: str, valid_queues: set[str], valid_tasks: set[str]) -> None:
-    """Every check of one job but the payload and run_at/delay ones, in the order errors are reported."""
-    if not isinstance(job.queue, str) or job.queue not in valid_queues:  # check each name once
-        valid_queues.add(names.queue_name(job.queue, f"{where}queue"))
-    if not isinstance(job.task, str) or job.task not in valid_tasks:
-        valid_tasks.add(names.task_name(job.task, f"{where}task"))
-    if not isinstance(job.priority, int) or not -32768 <= job.priority <= 32767:
-        raise ValidationError(f"{where}priority", f"priority must be an integer in -32768..32767, got {job.priority!r}")
-    if job.max_attempts is not None and (not isinstance(job.max_attempts, int)
-                                         or not 1 <= job.max_attempts <= _INT4_MAX):
-        raise ValidationError(f"{where}max_attempts",
-                              f"max_attempts must be an integer from 1 to {_INT4_MAX}, got {job.max_attempts!r}")
-    if job.unique_key is not None and (not isinstance(job.unique_key, str) or not job.unique_key):
-        raise ValidationError(f"{where}unique_key", "unique_key must be a non-empty string or None")
-
-
-def _validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) -> _Batch:
-    """Check and encode jobs[start:stop]; an error names the field (`jobs[i].field` in a batch of several).
-
-    A job whose queue and task were already checked and whose values are of the plain types
-    costs a few comparisons; anything else (a first queue or task, a bool priority, a bad value)
-    goes through `_check_job`, so every job passes the same checks.
-    """
-    rows: list[_Row] = []
-    append = rows.append
-    encode, join = _payload_encoder(), "".join
-    many = len(jobs) > 1
-    valid_queues: set[str] = set()
-    valid_tasks: set[str] = set()
-    for i, job in enumerate(jobs[start:stop], start):
-        queue, task, payload, priority = job.queue, job.task, job.payload, job.priority
-        run_at, max_attempts, unique_key = job.run_at, job.max_attempts, job.unique_key
-        if not (type(queue) is str and queue in valid_queues and type(task) is str and task in valid_tasks
-                and type(priority) is int and -32768 <= priority <= 32767
-                and (max_attempts is None or (type(max_attempts) is int and 1 <= max_attempts <= _INT4_MAX))
-                and (unique_key is None or (type(unique_key) is str and unique_key))):
-            _check_job(job, f"jobs[{i}]." if many else "", valid_queues, valid_tasks)
-        if payload is None:
-            text = "{}"
-        else:
-            try:
-                text = join(encode(payload, 0))
-            except (TypeError, ValueError) as exc:
-                raise _payload_error(f"jobs[{i}].payload" if many else "payload", exc) from exc
-        if job.delay is not None or (run_at is not None and run_at.tzinfo is None):
-            run_at = _run_at(job, f"jobs[{i}]." if many else "")
-        append((queue, task, text, priority, run_at, max_attempts, unique_key))
-    return _Batch(rows, valid_queues)
 
 
 def _none_if_all(values: list[Any], default: Any) -> list[Any] | None:
     """An all-default column travels as NULL: unnest pads it, and we skip encoding 10k values."""
     return None if all(v == default for v in values) else values
-
-
-@contextlib.contextmanager
-def translate_errors() -> Any:
-    """Turn the database's refusals into the typed errors the API documents."""
-    try:
-        yield
-    except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == "SHQ01":
-            m = _UNKNOWN_QUEUE.search(str(exc))
-            raise UnknownQueueError(m.group(1) if m else "?") from None
-        raise
 
 
 async def enqueue_many(db: Executor, jobs: Iterable[NewJob]) -> list[int]:
@@ -208,7 +84,7 @@ async def _enqueue_insert(db: Executor, batch: _Batch) -> list[int]:
         return []
     queues, tasks, payloads, priorities, run_ats, max_attempts, unique_keys = (
         list(column) for column in zip(*batch.rows, strict=True))
-    with translate_errors():
+    with translate_errors(len(batch.rows)):
         rows = await db.fetch(
             queries.ENQUEUE_MANY,
             queues,
@@ -287,7 +163,7 @@ def _plain_queue_names(jobs: list[NewJob]) -> set[str] | None:
         queues = {job.queue for job in jobs}
     except TypeError:
         return None
-    return queues if all(type(q) is str and names.QUEUE_NAME.match(q) for q in queues) else None
+    return queues if all(type(q) is str and names.QUEUE_NAME.fullmatch(q) for q in queues) else None
 
 
 async def _enqueue_copy(db: Executor, jobs: list[NewJob]) -> list[int]:
@@ -496,3 +372,9 @@ class Client:
 
     async def get_job(self, job_id: int) -> dict[str, Any] | None:
         return await get_job(self.pool, job_id)
+
+
+async def job_history(db: Executor, job_id: int) -> list[dict[str, Any]]:
+    """Every failed attempt of a job, oldest first: attempt, at, worker_id, error, traceback.
+    last_error keeps only the latest line; this is the "why did it fail?" of each attempt."""
+    return [dict(r) for r in await db.fetch(queries.JOB_ERRORS, job_id)]

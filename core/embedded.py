@@ -51,6 +51,9 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int
     fast_unsafe: bool = False  # fsync off: for tests and benchmarks only
+    # Whether this object started the server: only the process that started it stops it, so a
+    # second `shoal up` on the same data directory cannot pull it from under the first.
+    started: bool = False
 
     @property
     def url(self) -> str:
@@ -121,6 +124,7 @@ class EmbeddedPostgres:
             "pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60",
             "-l", str(self.data_dir / "postgres.log"), "-o", " ".join(opts), "start",
         )
+        self.started = True
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data_dir / "postmaster.pid").exists():

@@ -18,9 +18,17 @@ ENQUEUE_COPY_COLUMNS = ("id", "payload", "queue", "task", "priority", "run_at", 
 
 # --- worker -------------------------------------------------------------------
 # run_at comes back as epoch seconds: asyncpg builds a float far faster than a datetime, per job.
+# $5: claim one suspect job to run alone; $6: how soon the worker starts what it claimed (rate
+# limits count starts at the end of that window). See sql/008_resilience.sql.
 CLAIM = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at "
-         "FROM shoal.claim_leased($1, $2, $3, $4)")
+         "FROM shoal.claim_leased($1, $2, $3, $4, $5, $6)")
+SUSPECT_READY = "SELECT shoal.suspect_ready($1)"
+# Outcomes of held batches lost with their connection while this worker lived on.
+RECORD_ORPHANED = "SELECT shoal.record_orphaned($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 COMPLETE = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
+# With the failures' tracebacks ($8), kept in shoal.job_errors (sql/006_failure_history.sql).
+# COMPLETE and FINISH_HELD are the previous version's calls, still served during a rolling upgrade.
+COMPLETE_TRACED = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7, $8)"
 # Held claims (sql/004_held_claims.sql): CLAIM_HELD and FINISH_HELD run inside the batch's own
 # transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
 CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, xact "
@@ -28,6 +36,7 @@ CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoc
 HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
 FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+FINISH_HELD_TRACED = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4)"
 # rescue_held forgets dead held batches whose jobs were claimed and finished by others since.
 RESCUE = "SELECT shoal.rescue($1) + shoal.rescue_held()"
@@ -62,7 +71,11 @@ ON CONFLICT (name) DO UPDATE SET
 """
 QUEUE_SET_PAUSED = "UPDATE shoal.queues SET paused = $2, updated_at = now() WHERE name = $1 RETURNING name"
 QUEUE_NOTIFY = "SELECT pg_notify('shoal_jobs', $1)"
-QUEUE_DELETE_JOBS = "DELETE FROM shoal.jobs WHERE queue = $1"
+# The jobs' failure history goes with them (shoal.job_errors has no foreign key: sql/006).
+QUEUE_DELETE_JOBS = """
+WITH d AS (DELETE FROM shoal.jobs WHERE queue = $1 RETURNING id, last_error)
+DELETE FROM shoal.job_errors e USING d WHERE e.job_id = d.id AND d.last_error IS NOT NULL
+"""
 QUEUE_DELETE = "DELETE FROM shoal.queues WHERE name = $1"
 
 # --- counts -------------------------------------------------------------------
@@ -100,6 +113,11 @@ SELECT id, queue, task, state::text AS state, priority, run_at, attempts, max_at
  ORDER BY id DESC LIMIT $3
 """
 JOBS_ALL_FAILED = "SELECT id FROM shoal.jobs WHERE state = 'failed' AND ($1::text IS NULL OR queue = $1)"
+# Every failed attempt of a job, oldest first (attempts restart at 1 after a retry).
+JOB_ERRORS = """
+SELECT attempt, at, worker_id, error, traceback
+  FROM shoal.job_errors WHERE job_id = $1 ORDER BY at, attempt
+"""
 JOBS_CANCEL = "SELECT id, state::text AS state FROM shoal.cancel($1)"
 JOBS_RETRY = "SELECT r AS id FROM shoal.retry($1) AS r"
 

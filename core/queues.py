@@ -7,7 +7,7 @@ with just the options a user typed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -96,8 +96,19 @@ async def delete_queue(db: asyncpg.Connection, name: str, *, delete_jobs: bool) 
         await db.execute(queries.QUEUE_DELETE, name)
 
 
+STATES = ("ready", "scheduled", "running", "succeeded", "failed", "cancelled")
+# How far `shoal stats` counts exactly: an index walk of at most this many entries per state.
+STATS_CAP = 10_000
+# One row per (queue, state); sql/007_ops.sql says how each number is obtained.
+QUEUE_STATS = "SELECT queue, state, n, kind FROM shoal.queue_stats($1, $2)"
+
+
 @dataclass(frozen=True)
 class StateCounts:
+    """Jobs by state. `kinds` says how each number was obtained: 'exact'; 'estimated' (the
+    planner's estimate, past the cap); or 'more_than' (more than the number given, the cap,
+    when the statistics are too stale to estimate). A state missing from `kinds` is exact."""
+
     queue: str
     ready: int
     scheduled: int
@@ -105,15 +116,40 @@ class StateCounts:
     succeeded: int
     failed: int
     cancelled: int
+    kinds: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def pending(self) -> int:
         return self.ready + self.scheduled
 
+    def kind(self, state: str) -> str:
+        return self.kinds.get(state, "exact")
 
-async def state_counts(db: asyncpg.Connection | asyncpg.Pool, queue: str | None = None) -> list[StateCounts]:
-    """Jobs by state for `shoal stats`: a full count, for humans, not for the autoscaler."""
-    return [StateCounts(**dict(r)) for r in await db.fetch(queries.STATE_COUNTS, queue)]
+    @property
+    def exact(self) -> bool:
+        return all(self.kind(s) == "exact" for s in STATES)
+
+    def shown(self, state: str) -> str:
+        """The count as a human reads it: 123, ~1234567 (estimated) or >10000 (more than)."""
+        value = getattr(self, state)
+        return {"estimated": f"~{value}", "more_than": f">{value}"}.get(self.kind(state), str(value))
+
+
+async def state_counts(db: asyncpg.Connection | asyncpg.Pool, queue: str | None = None, *,
+                       cap: int = STATS_CAP, exact: bool = False) -> list[StateCounts]:
+    """Jobs by state per queue, in constant time: exact up to `cap` per state, estimated beyond.
+
+    `exact=True` counts every row (seconds at 10M jobs): for a human who asks, never for a loop.
+    """
+    if exact:
+        return [StateCounts(**dict(r)) for r in await db.fetch(queries.STATE_COUNTS, queue)]
+    by_queue: dict[str, dict[str, Any]] = {}
+    for r in await db.fetch(QUEUE_STATS, queue, cap):
+        row = by_queue.setdefault(r["queue"], {"queue": r["queue"], "kinds": {}})
+        row[r["state"]] = int(r["n"])
+        if r["kind"] != "exact":
+            row["kinds"][r["state"]] = r["kind"]
+    return [StateCounts(**row) for row in by_queue.values()]
 
 
 async def ready_and_running(db: asyncpg.Connection | asyncpg.Pool, queue: str, cap: int) -> tuple[int, int]:

@@ -4,6 +4,10 @@ With no database URL it starts an embedded PostgreSQL (the `pgserver` wheel) in 
 directory, migrates and declares the queue. `--demo` enqueues a burst, shows progress
 while the autoscaler drains it with more workers, waits until it scales back down, and
 exits; without `--demo` it runs until Ctrl-C.
+
+Nothing a client does can stop it: a failed status query or autoscaler tick (a statement
+timeout under a big enqueue, a restart of the server) is logged in one line and retried, and
+only Ctrl-C or SIGTERM ends it. It stops the embedded server only if it started that server.
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
 
 from shoal.config import database_url
+
+if TYPE_CHECKING:
+    from shoal.queues import StateCounts
 
 
 def register(sub: Any) -> None:
@@ -40,7 +49,7 @@ def register(sub: Any) -> None:
 async def run_up(args: argparse.Namespace) -> int:
     from shoal.client import NewJob, enqueue_many
     from shoal.migrate import migrate
-    from shoal.queues import declare_queue, state_counts
+    from shoal.queues import declare_queue
     from shoal.scaler.decision import Policy
     from shoal.scaler.local import LocalWorkers
     from shoal.scaler.loop import Autoscaler, EnqueueWakeups, create_measure_pool
@@ -76,35 +85,39 @@ async def run_up(args: argparse.Namespace) -> int:
             await enqueue_many(pool, [NewJob(args.queue, "shoal.sleep", {"seconds": args.demo_job_ms / 1000})
                                       for _ in range(args.demo_jobs)])
         started = time.monotonic()
-        peak, last_left, last_t = 0, None, time.monotonic()
+        peak, status = 0, Status()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            counts = (await state_counts(pool, args.queue))[0]
-            left = counts.ready + counts.scheduled + counts.running
-            now = time.monotonic()
-            rate = (last_left - left) / (now - last_t) if last_left is not None else 0.0
-            last_left, last_t = left, now
+            if runner.done() and not stop.is_set():  # the loop died of something unforeseen: restart it
+                exc = runner.exception()
+                say(f"autoscaler loop stopped ({exc!r}); restarting it")
+                runner = asyncio.create_task(scaler.run(stop))
+            try:
+                counts, last_id = await status.read(pool, args.queue)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                say(f"status query failed, retrying: {type(exc).__name__}: {exc}")
+                continue
             peak = max(peak, len(workers.procs))
             reason = scaler.last.reason if scaler.last else ""
-            say(f"pending {counts.ready + counts.scheduled:>6}  running {counts.running:>4}  "
-                f"workers {len(workers.procs):>2}  jobs/s {max(rate, 0):>7.0f}  | {reason}")
+            say(f"{status.line(counts, last_id, time.monotonic())}  workers {len(workers.procs):>2}  | {reason}")
             if args.demo:
-                if left == 0 and len(workers.procs) <= policy.effective_min and peak > 1:
+                if backlog(counts) == 0 and len(workers.procs) <= policy.effective_min and peak > 1:
                     say(f"demo done: drained with up to {peak} workers, back to {len(workers.procs)}")
                     break
-                if now - started > args.timeout:
+                if time.monotonic() - started > args.timeout:
                     say("demo timed out")
                     code = 1
                     break
     finally:
         stop.set()
-        await runner
+        with contextlib.suppress(Exception):  # its failure was reported when it happened
+            await runner
         say("stopping workers")
         await workers.shutdown()
         await wakeups.close()
         await pool.close()
-        if embedded is not None:
+        if embedded is not None and embedded.started:
             say("stopping embedded PostgreSQL")
             embedded.stop()
     return code
@@ -112,3 +125,44 @@ async def run_up(args: argparse.Namespace) -> int:
 
 def say(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stdout, flush=True)
+
+
+class Status:
+    """The status line. Counts are capped/estimated (constant time at any backlog); jobs/s done
+    is enqueued minus backlog growth, so it is shown only while the backlog is counted exactly."""
+
+    def __init__(self) -> None:
+        self.last: tuple[float, int, int | None] | None = None  # time, last job id, exact backlog
+
+    async def read(self, pool: asyncpg.Pool, queue: str) -> tuple[StateCounts, int]:
+        from shoal import queries
+        from shoal.queues import state_counts
+
+        async with pool.acquire() as conn:
+            rows = await state_counts(conn, queue)
+            last_id = int(await conn.fetchval(queries.JOBS_LAST_ID))
+        return rows[0], last_id
+
+    def line(self, c: StateCounts, last_id: int, now: float) -> str:
+        pending = c.ready + c.scheduled
+        kinds = {c.kind("ready"), c.kind("scheduled")}
+        mark = "~" if "estimated" in kinds else ">" if "more_than" in kinds else ""
+        left = backlog(c)
+        done = "-"
+        if self.last is not None:
+            t0, id0, left0 = self.last
+            added = (last_id - id0) / max(now - t0, 1e-6)
+            if left is not None and left0 is not None:
+                done = f"{max(added - (left - left0) / max(now - t0, 1e-6), 0):.0f}"
+            rates = f"enqueued/s {added:>7.0f}  done/s {done:>7}"
+        else:
+            rates = f"enqueued/s {'-':>7}  done/s {done:>7}"
+        self.last = (now, last_id, left)
+        return f"pending {mark + str(pending):>8}  running {c.shown('running'):>5}  {rates}"
+
+
+def backlog(c: StateCounts) -> int | None:
+    """Jobs not finished, if counted exactly (finished ones may be estimated: they do not matter)."""
+    if any(c.kind(s) != "exact" for s in ("ready", "scheduled", "running")):
+        return None
+    return c.ready + c.scheduled + c.running

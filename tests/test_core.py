@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -249,10 +249,15 @@ async def test_rescue_returns_jobs_of_a_dead_worker(conn: asyncpg.Connection) ->
     assert len(claimed) == 2
     assert await conn.fetchval("SELECT shoal.rescue(interval '1 hour')") == 0, "a fresh worker keeps its jobs"
     await conn.execute("UPDATE shoal.workers SET heartbeat_at = now() - interval '2 minutes'")
-    assert await conn.fetchval("SELECT shoal.rescue(interval '60 seconds')") == 2
-    rows = await conn.fetch("SELECT state, attempts, worker_id FROM shoal.jobs WHERE id = ANY($1)", ids)
+    up = await conn.fetchval("SELECT now() - pg_postmaster_start_time()")
+    assert await conn.fetchval("SELECT shoal.rescue($1)", up + timedelta(seconds=5)) == 0, \
+        "nobody is judged dead before the server has been up for the staleness window"
+    stale = min(up, timedelta(seconds=60)) - timedelta(milliseconds=1)
+    assert await conn.fetchval("SELECT shoal.rescue($1)", stale) == 2
+    rows = await conn.fetch("SELECT state, attempts, worker_id, suspect FROM shoal.jobs WHERE id = ANY($1)", ids)
     assert all(r["state"] == "pending" and r["worker_id"] is None for r in rows)
-    assert sorted(r["attempts"] for r in rows) == [0, 1, 1], "the lost attempt stays counted"
+    assert sorted(r["attempts"] for r in rows) == [0, 0, 0], "two jobs died together: neither is charged"
+    assert sorted(r["suspect"] for r in rows) == [False, True, True], "the two run alone next"
 
 
 def test_retry_delay_grows_exponentially_with_bounded_jitter() -> None:

@@ -54,7 +54,8 @@ async def _hold(url: str, queue: str, worker: str, batch: int, limit: int = 10
     return conn, ids, died
 
 
-async def test_a_batch_whose_worker_died_has_its_attempt_counted(db_url: str, conn: asyncpg.Connection) -> None:
+async def test_a_dead_held_batch_goes_back_suspect_and_a_poison_job_fails_alone(
+        db_url: str, conn: asyncpg.Connection) -> None:
     await queues.declare_queue(conn, "hd", max_attempts=2)
     ids = await client.enqueue_many(conn, [NewJob("hd", "shoal.noop") for _ in range(5)])
     first, locked, died = await _hold(db_url, "hd", "w1", 1)
@@ -62,41 +63,49 @@ async def test_a_batch_whose_worker_died_has_its_attempt_counted(db_url: str, co
     assert await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE state = 'pending' AND attempts = 0") == 5, \
         "held jobs are not written at claim"
     first.terminate()  # the worker dies with the batch in hand: PostgreSQL rolls its transaction back
-
-    async def reclaimed() -> tuple[asyncpg.Connection, list[int], list[int]] | None:
-        held = await _hold(db_url, "hd", "w2", 1)
-        if held[1]:
-            return held
-        await held[0].close()
-        return None
-
-    second, locked, died = await eventually(reclaimed, timeout=10)
-    assert sorted(locked) == ids and sorted(died) == ids, "the next claimer learns they were in a dead batch"
-    await second.execute(queries.HELD_CRASHED, "w2", 1, died)
-    await second.execute("COMMIT")
-    await second.close()
-    rows = await conn.fetch("SELECT state::text, attempts, last_error FROM shoal.jobs ORDER BY id")
-    assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 1)] * 5
+    await eventually(lambda: conn.fetchval("SELECT pg_xact_status(xact) = 'aborted' FROM shoal.held_batches"))
+    assert await conn.fetchval("SELECT shoal.rescue_held()") == 5
+    rows = await conn.fetch("SELECT state::text, attempts, suspect, last_error FROM shoal.jobs ORDER BY id")
+    assert [(r["state"], r["attempts"], r["suspect"]) for r in rows] == [("pending", 0, True)] * 5, \
+        "which of the five killed the worker is unknown: none is charged, all go back to run alone"
     assert "died" in rows[0]["last_error"]
     assert await conn.fetchval("SELECT count(*) FROM shoal.held_batches") == 0
+    again, locked, _ = await _hold(db_url, "hd", "w2", 1)
+    await again.close()
+    assert locked == [], "suspect jobs are never held again"
 
-    # Dying again uses up the last attempt: the job fails instead of killing workers forever.
-    third, _, _ = await _hold(db_url, "hd", "w3", 1)
-    third.terminate()
-    await eventually(lambda: conn.fetchval("SELECT shoal.rescue_held() > 0"), timeout=10)
-    rows = await conn.fetch("SELECT state::text, attempts FROM shoal.jobs")
-    assert {(r["state"], r["attempts"]) for r in rows} == {("failed", 2)}
+    # Alone, a job that kills its worker is charged, and fails after max_attempts.
+    stale = timedelta(seconds=1)
+    poison = None
+    for attempt, state in ((1, "pending"), (2, "failed")):
+        await conn.execute("SELECT shoal.heartbeat('w3', 'hd', 'h', 1)")
+        rows = await conn.fetch(queries.CLAIM, "hd", "w3", 10, stale, True, timedelta(0))
+        assert len(rows) == 1, "suspects are claimed one at a time"
+        poison = poison or rows[0]["id"]
+        assert rows[0]["id"] == poison
+        await conn.execute("UPDATE shoal.workers SET heartbeat_at = now() - interval '1 minute'")  # w3 died
+        # pg_postmaster_start_time() is well past 1 s ago here.
+        assert await conn.fetchval("SELECT shoal.rescue($1)", stale) == 1
+        row = await conn.fetchrow("SELECT state::text, attempts, last_error FROM shoal.jobs WHERE id = $1", poison)
+        assert (row["state"], row["attempts"]) == (state, attempt)
+        assert "alone" in row["last_error"]
+        # Only the poison job is due for the next round.
+        await conn.execute("UPDATE shoal.jobs SET run_at = now() + (CASE WHEN id = $1 THEN -1 ELSE 3600 END) "
+                           "* interval '1 second'", poison)
+    others = await conn.fetch("SELECT attempts, state::text FROM shoal.jobs WHERE id <> $1", poison)
+    assert {(r["attempts"], r["state"]) for r in others} == {(0, "pending")}, "its neighbours lost nothing"
 
 
-async def test_a_leased_claim_counts_dead_held_batches_first(db_url: str, conn: asyncpg.Connection) -> None:
+async def test_a_leased_claim_rescues_dead_held_batches_first(db_url: str, conn: asyncpg.Connection) -> None:
     await queues.declare_queue(conn, "hl")
     ids = await client.enqueue_many(conn, [NewJob("hl", "shoal.noop") for _ in range(3)])
     held, _, _ = await _hold(db_url, "hl", "w1", 7)
     held.terminate()
     await eventually(lambda: conn.fetchval("SELECT pg_xact_status(xact) = 'aborted' FROM shoal.held_batches"))
-    rows = await conn.fetch(queries.CLAIM, "hl", "w2", 10, timedelta(seconds=30))
-    assert sorted(r["id"] for r in rows) == ids
-    assert {r["attempts"] for r in rows} == {2}, "the dead held run and this one are both counted"
+    rows = await conn.fetch(queries.CLAIM, "hl", "w2", 10, timedelta(seconds=30), False, timedelta(0))
+    assert rows == [], "jobs of a dead batch are suspect: an ordinary claim leaves them to run alone"
+    rows = await conn.fetch(queries.CLAIM, "hl", "w2", 10, timedelta(seconds=30), True, timedelta(0))
+    assert [r["id"] for r in rows] == ids[:1] and rows[0]["attempts"] == 1, "the dead held run is not counted"
 
 
 async def test_a_finished_held_batch_leaves_no_trace(db_url: str, conn: asyncpg.Connection) -> None:
@@ -238,8 +247,10 @@ async def test_kill_9_during_held_batches_loses_no_job(db_url: str, conn: asyncp
         await eventually(lambda: _all(conn, "hk", n), timeout=120, interval=0.2)
         assert await states(conn, "hk") == {"succeeded": n}
         if in_hand:
-            assert await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE attempts = 2") > 0, \
-                "the jobs in the killed worker's hands ran again, their first attempt counted"
+            assert await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE suspect") > 0, \
+                "the jobs in the killed worker's hands ran again, alone"
+            assert await conn.fetchval("SELECT max(attempts) FROM shoal.jobs") == 1, \
+                "a kill among a batch charges none of its jobs an attempt"
         assert await conn.fetchval("SELECT count(*) FROM shoal.held_batches") == 0
     finally:
         first.kill()

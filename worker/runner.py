@@ -25,7 +25,6 @@ import os
 import random
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 
 import asyncpg
 
-from shoal import builtin_tasks, queries
+from shoal import builtin_tasks, failures, queries
 from shoal.backoff import retry_delay
 from shoal.client import NewJob, enqueue_many
 from shoal.errors import ConfigError, PermanentError, ShoalError
@@ -83,6 +82,9 @@ class WorkerConfig:
         return self
 
 
+# How soon a rate-limited job starts after its claim is sent; the claim logs its starts at the end
+# of this window (sql/008_resilience.sql), and jobs that miss it are given back.
+START_WITHIN = 0.25
 # Runners woken at once for new work; each one that takes an item wakes another while work remains.
 _WAKE_AHEAD = 8
 
@@ -101,6 +103,7 @@ class Outcome:
     kind: str  # "ok" | "fail" | "cancel"
     error: str | None = None
     delay: float | None = None  # None with kind "fail": no retry
+    traceback: str | None = None  # kind "fail": the formatted traceback, bounded (shoal.failures)
 
     @property
     def final_failure(self) -> bool:
@@ -140,6 +143,19 @@ class Worker:
         self._closers: set[asyncio.Task[None]] = set()
         self._held_off_until = 0.0  # the queue has limits or is paused: leased claims only
         self._lost: dict[int, Job] = {}  # running jobs of held batches lost with their connection
+        self._completing = True  # the completer runs until the final flush takes over
+        self._down_since: float | None = None  # monotonic time the database was lost, if it is
+        self._up_since = time.monotonic()  # since when every call has been answered
+        self._suspects = False  # suspect jobs wait to run alone (sql/008_resilience.sql)
+        self._rate_limited = False  # the queue has a rate limit: claim no more than can start now
+        self._start_by: dict[int, float] = {}  # job id -> loop time it must start by (rate limits)
+        self._orphaned: list[Outcome] = []  # outcomes of held batches lost with their connection
+        self._orphaned_batches: list[int] = []  # those batches, to forget once the database answers
+        self._beat_ok_at = time.monotonic()  # when the last heartbeat that got through was sent
+        # Past this long without a heartbeat through, other workers may have judged us dead and
+        # taken our leases: no job starts until a heartbeat says which ones are still ours.
+        self._doubt_after = self.config.stale_after - self.config.heartbeat_interval
+        self._confirming: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -178,8 +194,8 @@ class Worker:
         runners = [asyncio.create_task(self._runner()) for _ in range(cfg.concurrency)]
         # Two claimers: while one claim is on the server the other can be too (SKIP LOCKED keeps
         # them apart), so a fast queue keeps both database cores busy.
-        loops = [asyncio.create_task(c) for c in (self._claimer(), self._claimer(), self._completer(),
-                                                   self._keeper())]
+        loops = [asyncio.create_task(c) for c in (self._claimer(), self._claimer(), self._keeper())]
+        completer = asyncio.create_task(self._completer())
         try:
             await self.stopping.wait()
             await self._drain(runners)
@@ -187,6 +203,7 @@ class Worker:
             for t in loops + runners:
                 t.cancel()
             await asyncio.gather(*loops, *runners, return_exceptions=True)
+            await self._stop_completer(completer)
             await self._close_all_held()
             await self._final_flush()
             if self.listener is not None:
@@ -202,22 +219,49 @@ class Worker:
         while True:
             try:
                 # Two claimers, the completer, the keeper, and one connection per open held batch.
-                return await asyncpg.create_pool(self.config.database_url, min_size=1, max_size=5 + MAX_HELD,
-                                                 reset=_keep_session)
+                # min_size 0: asyncpg would log a traceback per attempt to restore a floor during an outage.
+                return await asyncpg.create_pool(self.config.database_url, min_size=0, max_size=5 + MAX_HELD,
+                                                 reset=_keep_session, init=_prepare_held_statements,
+                                                 server_settings=session_settings(self.config.stale_after))
+            except _REFUSED as exc:
+                raise ConfigError(f"the database refused the worker's credentials ({exc}): check the user "
+                                  "and password in --database-url / SHOAL_DATABASE_URL (on Kubernetes, the "
+                                  "Secret the Queue names)") from None
             except (OSError, asyncpg.PostgresError) as exc:
                 if self.stopping.is_set():
                     raise
-                log.warning("database unreachable, retrying", extra={"error": str(exc), "retry_in": delay})
+                self._db_lost("connecting", exc, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+
+    def _db_lost(self, doing: str, exc: BaseException, **fields: Any) -> None:
+        """One warning when the database goes away, debug lines while it stays away: an outage
+        must not flood the log with a line per call (or a traceback per connection)."""
+        self.db_ok = False
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("database connection lost; retrying, outcomes kept in memory",
+                        extra={"while": doing, "error": repr(exc), **fields})
+        else:
+            log.debug("database still unreachable", extra={"while": doing, "error": repr(exc), **fields})
+
+    def _db_back(self) -> None:
+        self.db_ok = True
+        if self._down_since is not None:
+            log.info("database connection back", extra={"down_seconds": round(time.monotonic() - self._down_since, 1),
+                                                         "unwritten_outcomes": len(self.outcomes)})
+            self._down_since = None
+            self._up_since = time.monotonic()
 
     async def _check_setup(self) -> None:
         assert self.pool is not None
         if not await self.pool.fetchval(queries.SCHEMA_READY):
             raise ConfigError("the database has no Shoal schema: run `shoal migrate` first")
-        if await self.pool.fetchrow(queries.QUEUE_GET, self.config.queue) is None:
+        row = await self.pool.fetchrow(queries.QUEUE_GET, self.config.queue)
+        if row is None:
             raise ConfigError(f"--queue: unknown queue {self.config.queue!r}; declare it with "
                               f"`shoal queue create {self.config.queue}` or a Queue resource")
+        self._rate_limited = row["rate_limit"] is not None
         self.db_ok = True
 
     # -- claiming ----------------------------------------------------------------------------
@@ -237,15 +281,35 @@ class Worker:
         """Jobs this worker may have claimed and not finished: its slots, plus two batches ahead
         for short jobs."""
         cfg = self.config
+        if self._rate_limited:  # what is claimed must start within START_WITHIN: no claiming ahead
+            return cfg.concurrency
         return cfg.concurrency * 3 if self.avg_duration < _PREFETCH_BELOW else cfg.concurrency
 
     async def _claimer(self) -> None:
         cfg = self.config
         delay = 0.1
         while not self.stopping.is_set():
+            if time.monotonic() - self._beat_ok_at > self._doubt_after:
+                await self._confirm_leases()  # a claim now would race the check of what is ours
+                continue
+            if self._orphaned or self._orphaned_batches:
+                # Outcomes of a lost held batch wait to be written: those jobs are ready again
+                # in the database, and claiming now could take them back and run them twice.
+                self.outcome_ready.set()
+                await self._sleep(0.05)
+                continue
             free = self._free_slots()
             holding = self._holding()
-            if self._claims_in_flight and not (self.busy or self.buffered or self._backlog):
+            suspect = self._suspects
+            if suspect:
+                if self.held or self.batches or self.outcomes or self._claims_in_flight:
+                    # A suspect job runs alone, so that if it kills this worker, rescue knows
+                    # which job did: let everything in hand finish and be written first.
+                    self.slot_freed.clear()
+                    await self._sleep(cfg.poll_interval, self.slot_freed)
+                    continue
+                free, holding = 1, False
+            elif self._claims_in_flight and not (self.busy or self.buffered or self._backlog):
                 # Idle, and the other claimer is already asking: a second claim would only
                 # compete with it on the server for the same few jobs. With a backlog, the two
                 # overlap instead: this worker runs a batch faster than a claim comes back.
@@ -266,16 +330,18 @@ class Worker:
             self._claims_started += 1
             self._claims_in_flight += 1
             self.claiming += free
+            start_within = START_WITHIN if self._rate_limited else 0.0
+            sent = time.monotonic()
             try:
                 rows, batch = await self._claim_held(free) if holding else (None, None)
                 if rows is None:
                     rows = await self.pool.fetch(queries.CLAIM, cfg.queue, cfg.worker_id, free,  # type: ignore[union-attr]
-                                                 _interval(cfg.stale_after))
-                self.db_ok, delay = True, 0.1
+                                                 _interval(cfg.stale_after), suspect, _interval(start_within))
+                self._db_back()
+                delay = 0.1
                 self._backlog = len(rows) >= free
             except Exception as exc:  # never let the claimer die; the database may be restarting
-                self.db_ok = False
-                log.warning("claim failed, backing off", extra={"error": repr(exc), "retry_in": delay})
+                self._db_lost("claiming", exc, retry_in=delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5)
                 continue
@@ -286,6 +352,11 @@ class Worker:
                 await self._throttled(rows[0]["task"], rows[0]["run_at"])
             elif rows:
                 self._accept(rows, batch)
+                if start_within:
+                    # The claim logged these starts at the end of this window: keep that promise.
+                    self._start_by.update(dict.fromkeys((r[0] for r in rows), sent + start_within))
+            elif suspect:
+                self._suspects = False  # none left (or another worker has them)
             elif not self.busy:
                 await self._sleep(cfg.poll_interval, self.wake)
             else:
@@ -322,14 +393,16 @@ class Worker:
             died = [r[0] for r in await self.pool.fetch(queries.HOLD_BATCH, cfg.worker_id, batch.no,
                                                         rows[0]["xact"], ids)]
             if died:
-                # An earlier batch ended with these jobs in hand: count that attempt before
-                # anything runs again, so a job that kills its worker still runs out of attempts.
+                # An earlier batch ended with these jobs in hand: its worker died (or lost its
+                # connection). Which job was at fault is unknown, so they go back suspect, to run
+                # alone (leased), where a job that kills its worker runs out of attempts.
                 await conn.execute(queries.HELD_CRASHED, cfg.worker_id, batch.no, died)
                 await transaction.commit()
                 await self.pool.release(conn)
-                log.warning("counted the attempt of jobs whose worker died holding them",
+                log.warning("jobs of a held batch whose worker died go back to run alone",
                             extra={"jobs": len(died)})
-                return None, None  # claim leased this time: the attempt is counted up front
+                self._suspects = True
+                return None, None
         except BaseException:
             await self._drop_connection(conn)
             raise
@@ -452,11 +525,16 @@ class Worker:
                 finally:
                     if parked.done() and not parked.cancelled():
                         self._waking -= 1
+            if time.monotonic() - self._beat_ok_at > self._doubt_after:
+                await self._confirm_leases()
+                continue
             item = buffer.popleft()
             if buffer and idle and self._waking < _WAKE_AHEAD:
                 self._wake_runners(1)  # more work: pass it on before this job may block
             jobs = item if isinstance(item, list) else (item,)
             self.buffered -= len(jobs)
+            if self._start_by and await self._released_late(jobs):
+                continue
             self.busy += 1
             for job in jobs:
                 executing[job.id] = me
@@ -468,15 +546,36 @@ class Worker:
                 self.busy -= 1
                 slot_freed.set()
 
+    async def _released_late(self, jobs: Sequence[Job]) -> bool:
+        """Give back rate-limited jobs that could not start within their claim's window (the
+        rate log counted their start at the window's end; starting later could put two claims'
+        starts in one window). Their attempt is not counted. False: start them."""
+        now = time.monotonic()
+        deadlines = [self._start_by.pop(job.id, None) for job in jobs]
+        if all(d is None or now <= d for d in deadlines):
+            return False
+        assert self.pool is not None
+        try:
+            await self.pool.fetchval(queries.RELEASE, self.config.worker_id, [j.id for j in jobs], False)
+        except Exception as exc:
+            log.warning("could not give back late rate-limited jobs; starting them", extra={"error": repr(exc)})
+            return False
+        for job in jobs:
+            self.held.pop(job.id, None)
+        log.debug("gave back rate-limited jobs that missed their start window", extra={"jobs": len(jobs)})
+        metrics.IN_FLIGHT.labels(self.config.queue).set(len(self.held))
+        self.slot_freed.set()
+        return True
+
     def _failure(self, job: Job, exc: BaseException, *, permanent: bool = False) -> Outcome:
-        if isinstance(exc, TimeoutError):
+        # The traceback goes to the job's history: the one line alone rarely says why.
+        error, tb = failures.describe(exc)
+        if isinstance(exc, TimeoutError):  # its traceback still shows where the job was stuck
             error = f"TimeoutError: job timed out after {self._timeout_for(job)}s"
-        else:
-            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if permanent or isinstance(exc, PermanentError):
-            return Outcome(job, "fail", error, None)
+            return Outcome(job, "fail", error, None, tb)
         delay = retry_delay(job.attempt, base=self.config.backoff_base, cap=self.config.backoff_cap, rng=self._rng)
-        return Outcome(job, "fail", error, delay)
+        return Outcome(job, "fail", error, delay, tb)
 
     def _timeout_for(self, job: Job) -> float | None:
         return self._task_info(job.task).timeout
@@ -558,6 +657,8 @@ class Worker:
             job_id = outcome.job.id
             if self._lost.get(job_id) is outcome.job:
                 del self._lost[job_id]  # its batch is gone: the job is ready again in the database
+                self._orphaned.append(outcome)
+                leased = True
                 continue
             batch = self.batch_of.get(job_id)
             if batch is not None:
@@ -589,13 +690,16 @@ class Worker:
         plan = close_plan(batch, stopping=self.stopping.is_set(), started=started)
         record = plan.record
         try:
-            await batch.conn.execute(queries.FINISH_HELD, self.config.worker_id, self.config.queue, batch.no,
-                                     batch.started_at, plan.lease_ids, *_outcome_columns(record))
+            await batch.conn.execute(queries.FINISH_HELD_TRACED, self.config.worker_id, self.config.queue,
+                                     batch.no, batch.started_at, plan.lease_ids, *_outcome_columns(record))
             await batch.transaction.commit()
         except Exception as exc:
             self.db_ok = False
-            log.warning("lost a held batch with its connection; its jobs will run again",
-                        extra={"error": repr(exc), "jobs": len(batch.ids)})
+            log.warning("lost a held batch with its connection; its finished jobs are recorded once the "
+                        "database answers, the others run again", extra={"error": repr(exc), "jobs": len(batch.ids)})
+            self._orphaned += [*batch.outcomes.values(), *batch.late]
+            self._orphaned_batches.append(batch.no)
+            self.outcome_ready.set()
             for job_id in batch.ids:
                 self.batch_of.pop(job_id, None)
                 job = self.held.pop(job_id, None)
@@ -634,25 +738,63 @@ class Worker:
 
     # -- recording ---------------------------------------------------------------------------
     async def _completer(self) -> None:
+        """Write outcomes until `_completing` is cleared; a write in flight then is finished,
+        not cut: cancelling it would drop outcomes the handlers produced, and the final flush
+        would give those jobs back to run again."""
         delay = 0.1
-        while True:
+        while self._completing:
             await self.outcome_ready.wait()
             self.outcome_ready.clear()
             batch, self.outcomes = self.outcomes, []
-            if not batch:
+            if not (batch or self._orphaned or self._orphaned_batches):
                 continue
             try:
-                await self._record(batch)
+                if batch:
+                    await self._record(batch)
+                    batch = []
+                if self._orphaned or self._orphaned_batches:
+                    await self._record_orphans()
                 delay = 0.1
-            except Exception as exc:  # never let the completer die: outcomes would pile up unwritten
-                # Keep them: they are written once the database is back.
+            except BaseException as exc:  # never let the completer die: outcomes would pile up unwritten
+                # Keep them: they are written once the database is back (or by the final flush).
                 self.outcomes = batch + self.outcomes
-                self.db_ok = False
-                log.warning("recording outcomes failed, will retry",
-                            extra={"error": repr(exc), "pending": len(self.outcomes), "retry_in": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5)
+                if not isinstance(exc, Exception):
+                    raise
+                self._db_lost("recording outcomes", exc, pending=len(self.outcomes))
+                if self._completing:
+                    await asyncio.sleep(delay)
+                # Orphaned outcomes hold the claimer back: look for the database more often.
+                delay = min(delay * 2, 0.5 if self._orphaned or self._orphaned_batches else 5)
                 self.outcome_ready.set()
+
+    async def _record_orphans(self) -> None:
+        """Write the outcomes of held batches lost with their connection (sql/008_resilience.sql):
+        each job nobody has taken since is recorded rather than run again. A success with
+        follow-up jobs is left to run again instead: its follow-ups belong in the transaction
+        that records it, which the leased path owns."""
+        assert self.pool is not None
+        outcomes, batches = self._orphaned, self._orphaned_batches
+        self._orphaned, self._orphaned_batches = [], []
+        plain = [o for o in outcomes if not (o.kind == "ok" and o.job.followups)]
+        try:
+            recorded = set(await self.pool.fetchval(queries.RECORD_ORPHANED, self.config.worker_id,
+                                                    self.config.queue, batches, *_outcome_columns(plain)) or ())
+        except BaseException:
+            self._orphaned, self._orphaned_batches = outcomes + self._orphaned, batches + self._orphaned_batches
+            raise
+        self._account([o for o in plain if o.job.id in recorded])
+        log.info("recorded outcomes of held batches lost with their connection",
+                 extra={"recorded": len(recorded), "outcomes": len(outcomes)})
+
+    async def _stop_completer(self, completer: asyncio.Task[None]) -> None:
+        """Let the completer finish the write it has in flight, then stop it; what is left is the
+        final flush's. Cancelled only if that write hangs past the drain timeout."""
+        self._completing = False
+        self.outcome_ready.set()
+        done, _ = await asyncio.wait([completer], timeout=self.config.drain_timeout)
+        if not done:
+            completer.cancel()
+        await asyncio.gather(completer, return_exceptions=True)
 
     async def _record(self, batch: list[Outcome]) -> None:
         assert self.pool is not None
@@ -685,7 +827,8 @@ class Worker:
             outcome.kind, outcome.error, outcome.delay = failed.kind, failed.error, failed.delay
 
     async def _complete(self, db: Any, batch: list[Outcome]) -> None:
-        await db.execute(queries.COMPLETE, self.config.worker_id, self.config.queue, *_outcome_columns(batch))
+        await db.execute(queries.COMPLETE_TRACED, self.config.worker_id, self.config.queue,
+                         *_outcome_columns(batch))
         followups: list[NewJob] = [f for o in batch if o.kind == "ok" for f in o.job.followups]
         if followups:
             await enqueue_many(db, followups)
@@ -709,9 +852,14 @@ class Worker:
             self.held.pop(o.job.id, None)
             self.cancelling.discard(o.job.id)
             if o.kind == "fail":
-                log.warning("job failed" if o.final_failure else "job failed, will retry",
-                            extra={"job_id": o.job.id, "task": o.job.task, "attempt": o.job.attempt,
-                                   "error": o.error, "retry_in": o.delay})
+                fields: dict[str, Any] = {"job_id": o.job.id, "task": o.job.task, "attempt": o.job.attempt,
+                                          "error": o.error}
+                if kind == "failed":  # no retry_in: a final failure has no next attempt to wait for
+                    log.warning("job failed", extra=fields)
+                else:
+                    log.warning("job failed, will retry", extra={**fields, "retry_in": o.delay})
+                if o.traceback is not None:  # also kept in shoal.job_errors: `shoal jobs show ID`
+                    log.debug("traceback of the failed attempt", extra={**fields, "traceback": o.traceback})
         for (counter, task), n in counts.items():
             counter.labels(queue, task).inc(n)
         metrics.IN_FLIGHT.labels(queue).set(len(self.held))
@@ -726,14 +874,18 @@ class Worker:
             try:
                 await self._ensure_listener()
                 await self._beat()
-                await self.pool.fetchval(queries.RESCUE, _interval(cfg.stale_after))  # type: ignore[union-attr]
+                await self._look_around()
+                if self._down_since is None and time.monotonic() - self._up_since >= cfg.stale_after:
+                    # Only a worker that has itself been connected for the whole staleness window
+                    # may judge others dead: after an outage every live worker needs that long to
+                    # be heard again, and rescuing them earlier would re-run jobs they still run.
+                    await self.pool.fetchval(queries.RESCUE, _interval(cfg.stale_after))  # type: ignore[union-attr]
                 if time.monotonic() - last_prune > cfg.prune_interval:
                     last_prune = time.monotonic()
                     await self._prune()
-                self.db_ok = True
+                self._db_back()
             except Exception as exc:  # never let the keeper die: it is what keeps our jobs ours
-                self.db_ok = False
-                log.warning("heartbeat failed", extra={"error": repr(exc)})
+                self._db_lost("heartbeat", exc)
                 if self.listener is not None:
                     with contextlib.suppress(Exception):
                         self.listener.terminate()
@@ -741,8 +893,52 @@ class Worker:
             # Plain sleep: the keeper must go on beating while running jobs drain after a stop.
             await asyncio.sleep(cfg.heartbeat_interval if self.db_ok else min(1.0, cfg.heartbeat_interval))
 
+    async def _look_around(self) -> None:
+        """Read what changes how this worker claims: the queue's rate limit (claim only what
+        can start at once) and suspect jobs waiting to run alone."""
+        assert self.pool is not None
+        row = await self.pool.fetchrow(queries.QUEUE_GET, self.config.queue)
+        if row is not None:
+            self._rate_limited = row["rate_limit"] is not None
+        suspects = bool(await self.pool.fetchval(queries.SUSPECT_READY, self.config.queue))
+        if suspects and not self._suspects:
+            log.info("suspect jobs are waiting: running them one at a time, alone")
+            self.slot_freed.set()
+        self._suspects = suspects
+
+    async def _confirm_leases(self) -> None:
+        """Wait until a heartbeat gets through after a silence (a SIGSTOP, a stall, an outage):
+        one check shared by every runner and claimer."""
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._confirm())
+        await asyncio.shield(self._confirming)
+
+    async def _confirm(self) -> None:
+        delay = 0.1
+        while time.monotonic() - self._beat_ok_at > self._doubt_after and not self.stopping.is_set():
+            try:
+                await self._beat()
+                self._db_back()
+            except Exception as exc:
+                self._db_lost("heartbeat", exc)
+            if time.monotonic() - self._beat_ok_at > self._doubt_after:
+                await self._sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def _beat(self) -> None:
+        """Say we are alive, learn which running jobs are ours and which to cancel. After a
+        silence long enough for rescue, drop the claimed, unstarted jobs no longer ours: another
+        worker may have run them already."""
         cfg = self.config
+        sent = time.monotonic()
+        silence = sent - self._beat_ok_at > self._doubt_after
+        if silence and self.batches:
+            # A held transaction this old may be gone (the server ends idle ones): close each
+            # now, which turns its unstarted jobs into leases, or forgets them if it is lost.
+            for batch in self.batches.values():
+                batch.done.set()
+            if self._closers:
+                await asyncio.wait(list(self._closers), timeout=cfg.stale_after)
         claims_before = self._claims_started
         rows = await self.pool.fetch(queries.HEARTBEAT, cfg.worker_id, cfg.queue,  # type: ignore[union-attr]
                                      socket.gethostname(), os.getpid())
@@ -751,12 +947,30 @@ class Worker:
                 self._cancel_job(r["id"])
         if self._claims_in_flight or self._claims_started != claims_before:
             return  # a claim raced this read: its jobs may not be in `held` yet
+        if silence:
+            self._drop_taken({r["id"] for r in rows}, sent)
+        self._beat_ok_at = sent
         orphans = [r["id"] for r in rows if r["id"] not in self.held]
         if orphans:
             # A claim committed but its answer was lost (connection cut): nobody would run these.
             n = await self.pool.fetchval(queries.RELEASE, cfg.worker_id, orphans, False)  # type: ignore[union-attr]
             if n:  # 0 when the read merely predates our own completion of those jobs
                 log.warning("released jobs claimed by a lost request", extra={"released": n})
+
+    def _drop_taken(self, ours: set[int], silence_ended: float) -> None:
+        """Forget the buffered leased jobs that a rescue gave away while we were silent."""
+        taken = {job.id for item in self.buffer for job in (item if isinstance(item, list) else (item,))
+                 if job.id not in ours and job.id not in self.batch_of}
+        if not taken:
+            return
+        self._unbuffer(taken)
+        for job_id in taken:
+            self.held.pop(job_id, None)
+            self._start_by.pop(job_id, None)
+        metrics.IN_FLIGHT.labels(self.config.queue).set(len(self.held))
+        self.slot_freed.set()
+        log.warning("not running jobs claimed before a silence: other workers took them meanwhile",
+                    extra={"jobs": len(taken), "silent_seconds": round(silence_ended - self._beat_ok_at, 1)})
 
     async def _prune(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
@@ -809,6 +1023,8 @@ class Worker:
                     except BaseException:
                         self.outcomes = batch + self.outcomes
                         raise
+                if self._orphaned or self._orphaned_batches:
+                    await self._record_orphans()
                 released = [j for j in self.held if j not in {o.job.id for o in self.outcomes}]
                 n = await self.pool.fetchval(queries.RELEASE, self.config.worker_id, released, True)
                 if n:
@@ -822,12 +1038,43 @@ class Worker:
 
 
 def _outcome_columns(outcomes: list[Outcome]) -> tuple[list[int], list[int], list[str | None],
-                                                       list[float | None], list[int]]:
+                                                       list[float | None], list[int], list[str | None]]:
     """Outcomes as shoal.record's arrays: ok ids, failed ids with their errors and retry delays,
-    cancelled ids (the leased and the held path write the same columns)."""
+    cancelled ids, then the failures' tracebacks (last: the argument sql/006 added). The leased
+    and the held path write the same columns."""
     fails = [o for o in outcomes if o.kind == "fail"]
     return ([o.job.id for o in outcomes if o.kind == "ok"], [o.job.id for o in fails], [o.error for o in fails],
-            [o.delay for o in fails], [o.job.id for o in outcomes if o.kind == "cancel"])
+            [o.delay for o in fails], [o.job.id for o in outcomes if o.kind == "cancel"],
+            [o.traceback for o in fails])
+
+
+# Errors that retrying cannot mend: say so and stop, instead of retrying forever at warning level.
+_REFUSED = (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)
+
+
+def session_settings(stale_after: float) -> dict[str, str]:
+    """Per-session limits that let the *server* take back a hung or cut-off worker's jobs.
+
+    A held batch is a transaction left open while its jobs run (at most `HOLD_BUDGET`, then it
+    commits): a worker that stops (SIGSTOP, a frozen VM) or loses the network mid-batch would
+    keep those rows locked for as long as its session lives, which without this is until TCP
+    gives up (~2 h). Ending idle transactions after --stale-after, and probing the client's
+    socket with keepalives on the same scale, bounds that by the server alone.
+    """
+    ms = str(max(1000, int(stale_after * 1000)))
+    probe = str(max(1, int(stale_after / 3)))
+    return {"idle_in_transaction_session_timeout": ms, "tcp_keepalives_idle": probe,
+            "tcp_keepalives_interval": probe, "tcp_keepalives_count": "3"}
+
+
+async def _prepare_held_statements(conn: asyncpg.Connection) -> None:
+    """Prepare, outside any transaction, what a held batch runs inside its transaction (by
+    running it on nothing). asyncpg prepares a statement at its first use on a connection and
+    waits for the server's answer before it binds: a worker stopped in between left its session
+    "active", not idle, so idle_in_transaction_session_timeout never ended it and the batch
+    stayed locked (the SIGSTOP test, 1 run in 3). Prepared here, they are one message each."""
+    await conn.execute(queries.FINISH_HELD_TRACED, "", "", -1, datetime.now(UTC), [], [], [], [], [], [], [])
+    await conn.execute(queries.HELD_CRASHED, "", -1, [])
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
