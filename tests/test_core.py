@@ -12,7 +12,7 @@ import pytest
 
 from helpers import eventually, running_worker
 from shoal import client, queues
-from shoal.backoff import retry_delay
+from shoal.backoff import LoopBackoff, retry_delay
 from shoal.client import NewJob
 from shoal.errors import PermanentError, UnknownQueueError, ValidationError
 from shoal.migrate import available, migrate
@@ -258,6 +258,13 @@ async def test_rescue_returns_jobs_of_a_dead_worker(conn: asyncpg.Connection) ->
     assert all(r["state"] == "pending" and r["worker_id"] is None for r in rows)
     assert sorted(r["attempts"] for r in rows) == [0, 0, 0], "two jobs died together: neither is charged"
     assert sorted(r["suspect"] for r in rows) == [False, True, True], "the two run alone next"
+
+
+def test_a_failing_loop_waits_twice_as_long_each_time_up_to_its_cap_and_starts_over_after_success() -> None:
+    backoff = LoopBackoff(base=0.1, cap=1.0)
+    assert [backoff.failed() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.succeeded()
+    assert backoff.failed() == 0.1
 
 
 def test_retry_delay_grows_exponentially_with_bounded_jitter() -> None:
