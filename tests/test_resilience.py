@@ -305,4 +305,8 @@ async def test_a_database_crash_reruns_only_what_it_caught_in_flight(db_url: str
     # A run that ended well before the crash was written, or its outcome was recorded on
     # reconnect; only runs the crash caught (or whose commit it lost) may run again.
     assert [j for j in twice if first_end[j] < crash - 1.0] == []
-    assert "recorded outcomes of held batches lost with their connection" in (tmp_path / "w.log").read_text()
+    log = (tmp_path / "w.log").read_text()
+    # The crash may land between two held batches (a loaded machine also turns held claims off):
+    # when it did take one, the outcomes its handlers finished are recorded on reconnect.
+    if "lost a held batch with its connection" in log:
+        assert "recorded outcomes of held batches lost with their connection" in log
