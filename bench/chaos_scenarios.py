@@ -138,7 +138,7 @@ def standard(res: Result) -> None:
     res.promise(res.innocent_failed == 0, f"{res.innocent_failed} innocent jobs failed")
     bad = res.duplicates - res.dup_at_fault
     why = [f"{res.dup_resumed} run again by a worker resumed after SIGSTOP"] if res.dup_resumed else []
-    why += [f"{res.dup_db} completed within 2 s before or during a database restart"] if res.dup_db else []
+    why += [f"{res.dup_db} completed within 2 s before a database restart"] if res.dup_db else []
     res.promise(bad == 0, f"{bad} jobs ran again after a completed run not caught by a kill/stop"
                 + (f" ({'; '.join(why)})" if why else ""))
 

@@ -92,6 +92,27 @@ def _fault_during(run: Run, faults_of_pid: list[Fault], grace: float) -> str | N
     return None
 
 
+# A crash (`-m immediate`) loses commits younger than this: the claims, committed asynchronously
+# (sql/004_held_claims.sql), and outcomes still on their way. README: a job may run twice "if it
+# was in flight when something crashed (... the database crashing before an outcome's commit)".
+CRASH_LOSES = 1.0
+
+
+def _database_fault(run: Run, downs: list[tuple[str, float, float]]) -> str | None:
+    """Why a database stop may excuse a completed run's rerun: the run ended while the server was
+    down (its claim or held transaction died with the stop, its outcome could not be written),
+    or just before a crash took its outcome's (or claim's) commit. A run that ended before a
+    clean stop (`-m fast`) has no excuse: its outcome is written on reconnect."""
+    if run.finished is None:
+        return None
+    for kind, start, up in downs:
+        if start <= run.finished <= up:
+            return f"database {kind[3:]} stop {run.finished - start:.2f}s before it ended"
+        if kind == "db-immediate" and start - CRASH_LOSES <= run.finished < start:
+            return f"database crash {start - run.finished:.2f}s after it ended"
+    return None
+
+
 async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Result, ids: list[int],
                 faults: list[Fault], *, poison: set[int] | frozenset[int] = frozenset(),
                 grace: float = 2.0) -> dict[int, list[Run]]:
@@ -125,10 +146,11 @@ async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Res
     by_pid: dict[int | None, list[Fault]] = defaultdict(list)
     for f in faults:
         by_pid[f.pid].append(f)
-    downs = []  # (database stopped, back) intervals
+    downs = []  # (kind, database stopped, back)
     for f in faults:
         if f.kind in ("db-immediate", "db-fast"):
-            downs.append((f.at, min((g.at for g in faults if g.kind == "db-up" and g.at >= f.at), default=f.at)))
+            downs.append((f.kind, f.at, min((g.at for g in faults if g.kind == "db-up" and g.at >= f.at),
+                                            default=f.at)))
     examples: list[dict[str, Any]] = []
     for job_id, rs in runs.items():
         superseded = [c for c in rs if c.completed and any(r is not c and r.started > c.started for r in rs)]
@@ -137,7 +159,7 @@ async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Res
         if not superseded:
             continue
         result.duplicates += 1
-        excuses = [_fault_during(c, by_pid[c.pid], grace) for c in superseded]
+        excuses = [_fault_during(c, by_pid[c.pid], grace) or _database_fault(c, downs) for c in superseded]
         at_fault = all(excuses)
         result.dup_at_fault += at_fault
         # A later run by a worker that had been stopped before it started: it ran a job it had
@@ -148,7 +170,7 @@ async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Res
         result.dup_resumed += resumed
         # A completed run that ended shortly before or while the database was down.
         around_db = not at_fault and any(c.finished is not None and start - grace <= c.finished <= up
-                                         for c in superseded for start, up in downs)
+                                         for c in superseded for _, start, up in downs)
         result.dup_db += around_db
         examples.append({
             "job_id": job_id, "in_flight_at_fault": at_fault, "excuses": excuses, "resumed": resumed,
