@@ -17,7 +17,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
-# PYTHONSAFEPATH: /src holds a folder named `operator` that must not shadow the stdlib module.
+# PYTHONSAFEPATH: keep /src (the component folders) off sys.path; the package is built, not run, here.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -33,6 +33,7 @@ COPY core/ core/
 COPY worker/ worker/
 COPY operator/ operator/
 COPY scaler/ scaler/
+COPY cli/ cli/
 COPY sql/ sql/
 
 # Non-editable install of the built wheel; pip compiles the bytecode here, at build

@@ -59,11 +59,15 @@ class Sampler:
             await asyncio.sleep(self.every)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Cancel until the loop is gone: Python 3.11's `asyncio.wait_for` (in `scrape`) can
+        swallow a cancel, and awaiting the task then never returned (a 15-minute hang)."""
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
     def held_claims(self, pid: int | None = None) -> tuple[int, int]:
         """(held, all) claims seen, of one worker or of all."""

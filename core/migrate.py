@@ -1,5 +1,9 @@
 """Forward-only schema migrations from the packaged `shoal.sql` files.
 
+Only the top-level `sql/NNN_name.sql` files are migrations. `sql/current/` (one file per table,
+function and type, as a fresh migrate leaves them) is generated from them by scripts/dump_schema.py
+for readers: it is not applied here, and it is not shipped in the package.
+
 Several pods may run `shoal migrate` at once (every worker's init container, the Helm
 hook, the operator): a session advisory lock makes them take turns, and each file is
 applied in its own transaction and recorded, so reruns are no-ops.
@@ -42,7 +46,7 @@ def available() -> list[Migration]:
     found = []
     for entry in resources.files("shoal.sql").iterdir():
         m = _FILE.match(entry.name)
-        if m:
+        if m and entry.is_file():
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
     found.sort(key=lambda mig: mig.version)
     versions = [mig.version for mig in found]
@@ -51,23 +55,25 @@ def available() -> list[Migration]:
     return found
 
 
-async def migrate(database_url: str) -> list[int]:
-    """Apply every pending migration; returns the versions applied by this call."""
+async def migrate(database_url: str, target: int | None = None) -> list[int]:
+    """Apply every pending migration (up to `target`); returns the versions applied by this call."""
     conn = await asyncpg.connect(database_url)
     try:
-        return await migrate_connection(conn)
+        return await migrate_connection(conn, target)
     finally:
         await conn.close()
 
 
-async def migrate_connection(conn: asyncpg.Connection) -> list[int]:
+async def migrate_connection(conn: asyncpg.Connection, target: int | None = None) -> list[int]:
+    """Apply the pending migrations numbered up to `target` (all of them by default; 0 only
+    creates the `shoal` schema and its bookkeeping table)."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(_BOOTSTRAP)
         done = {r["version"] for r in await conn.fetch("SELECT version FROM shoal.migrations")}
         for mig in available():
-            if mig.version in done:
+            if mig.version in done or (target is not None and mig.version > target):
                 continue
             async with conn.transaction():
                 await conn.execute(mig.sql)

@@ -25,12 +25,13 @@ CLAIM = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', r
 SUSPECT_READY = "SELECT shoal.suspect_ready($1)"
 # Outcomes of held batches lost with their connection while this worker lived on.
 RECORD_ORPHANED = "SELECT shoal.record_orphaned($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-COMPLETE = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
+# Outcomes of leased jobs (the completer, worker/completer.py).
+RECORD = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
 # With the failures' tracebacks ($8), kept in shoal.job_errors (sql/006_failure_history.sql).
-# COMPLETE and FINISH_HELD are the previous version's calls, still served during a rolling upgrade.
-COMPLETE_TRACED = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7, $8)"
-# Held claims (sql/004_held_claims.sql): CLAIM_HELD and FINISH_HELD run inside the batch's own
-# transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
+# RECORD and FINISH_HELD are the previous version's calls, still served during a rolling upgrade.
+RECORD_TRACED = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7, $8)"
+# Held claims (sql/004_held_claims.sql, worker/holder.py): CLAIM_HELD and FINISH_HELD run inside the
+# batch's own transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
 CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, xact "
               "FROM shoal.claim_held($1, $2)")
 HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"

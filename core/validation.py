@@ -15,15 +15,13 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import asyncpg
 
 from shoal import names
 from shoal.errors import UnknownQueueError, ValidationError
-
-if TYPE_CHECKING:
-    from shoal.client import NewJob
+from shoal.jobs import NewJob
 
 # The column types: smallint priority, integer max_attempts. run_at strictly between Python's
 # first and last datetime: asyncpg writes those two as -infinity and infinity, and cannot read
@@ -44,12 +42,14 @@ _SQL_ELEMENT = re.compile(r"(\w+)s\[(\d+)\]")  # an element of enqueue_many's ar
 
 # One job, validated and encoded: queue, task, payload (JSON text), priority, run_at, max_attempts,
 # unique_key. None means "the default": now() for run_at, the queue's for max_attempts.
-_Row: TypeAlias = tuple[str, str, str, int, datetime | None, int | None, str | None]
+Row: TypeAlias = tuple[str, str, str, int, datetime | None, int | None, str | None]
 
 
 @dataclass
-class _Batch:
-    rows: list[_Row]
+class Batch:
+    """Jobs checked and encoded by `validate`, ready for either enqueue path (shoal.producer)."""
+
+    rows: list[Row]
     queues: set[str]  # the distinct queues
 
 
@@ -83,6 +83,8 @@ def _check_escapes(text: str, field: str) -> None:
 
 
 def encode_payload(payload: Any, field_name: str = "payload") -> str:
+    """One payload as the JSON text jsonb stores (None as {}); a ValidationError naming `field_name`
+    if it cannot be stored. `validate` does the same per job, faster, for a whole batch."""
     if payload is None:
         return "{}"
     try:
@@ -181,14 +183,14 @@ def _check_job(job: NewJob, where: str, valid_queues: set[str], valid_tasks: set
             _invalid(f"{where}unique_key", "unique_key contains a NUL character", UNIQUE_KEY_HINT)
 
 
-def _validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) -> _Batch:
+def validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) -> Batch:
     """Check and encode jobs[start:stop]; an error names the field (`jobs[i].field` in a batch of several).
 
     A job whose queue and task were already checked and whose values are of the plain types
     costs a few comparisons; anything else (a first queue or task, a bool priority, a bad value)
     goes through `_check_job`, so every job passes the same checks.
     """
-    rows: list[_Row] = []
+    rows: list[Row] = []
     append = rows.append
     encode, join = _payload_encoder(), "".join
     many = len(jobs) > 1
@@ -215,7 +217,7 @@ def _validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) -
                 type(run_at) is datetime and run_at.tzinfo is not None and 1 < run_at.year < 9999)):
             run_at = _run_at(job, f"jobs[{i}]." if many else "")
         append((queue, task, text, priority, run_at, max_attempts, unique_key))
-    return _Batch(rows, valid_queues)
+    return Batch(rows, valid_queues)
 
 
 def _sql_validation_error(exc: asyncpg.PostgresError, jobs: int | None) -> ValidationError:
@@ -247,3 +249,10 @@ def translate_errors(jobs: int | None = None) -> Iterator[None]:
         if sqlstate == SQLSTATE_INVALID:
             raise _sql_validation_error(exc, jobs) from None
         raise
+
+
+# The names `Row`, `Batch` and `validate` had while private. bench/enqueue_paths.py --baseline REF
+# runs core/client.py of an older REF against this module, and that file imports these.
+_Row = Row
+_Batch = Batch
+_validate = validate

@@ -10,4 +10,4 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 echo "==> installing shoal[dev]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
-.venv/bin/python -c "import shoal, kopf, kmock, pgserver" >/dev/null
+.venv/bin/python -c "import shoal, shoal.cli, kopf, kmock, pgserver, importlinter" >/dev/null

@@ -2,13 +2,16 @@
 # Install the project with its dev tools into .venv (idempotent), lint, type-check, run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The repo root holds a folder named `operator` (mapped to shoal.operator): never let it shadow
-# the standard library's `operator` through the current directory on sys.path.
+# The repo root is safe on sys.path (operator/__init__.py hands `import operator` over to the
+# standard library; tests/test_repo_root.py), but keep it off anyway: the tests import the
+# installed `shoal`, never the top-level folders themselves.
 export PYTHONSAFEPATH=1
 bash scripts/setup.sh
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> mypy"
-.venv/bin/mypy core worker operator scaler
+.venv/bin/mypy core worker operator scaler cli
+echo "==> import contracts"
+.venv/bin/python scripts/lint_imports.py
 echo "==> pytest"
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,4 +1,4 @@
-"""Batch enqueue through COPY (client._enqueue_copy, sql/003_enqueue_copy.sql) against a real PostgreSQL.
+"""Batch enqueue through COPY (producer._enqueue_copy, sql/003_enqueue_copy.sql) against a real PostgreSQL.
 
 Batches of `COPY_MIN_BATCH` jobs or more without unique keys take the COPY path; every test here
 proves that it did (`copy_only`), then that the rows are what the INSERT path would have written.
@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from helpers import eventually, running_worker
-from shoal import client, queues
+from shoal import client, producer, queues
 from shoal.client import Client, NewJob
 from shoal.errors import UnknownQueueError, ValidationError
 from shoal.tasks import Job, TaskRegistry, task
@@ -27,7 +27,7 @@ BIG = max(client.COPY_MIN_BATCH, 1_200)  # above the threshold, and several COPY
 def copy_only(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Fail any batch that takes the INSERT path; returns the sizes of the batches that took COPY."""
     sizes: list[int] = []
-    real = client._enqueue_copy
+    real = producer._enqueue_copy
 
     async def insert(db: Any, batch: Any) -> list[int]:
         raise AssertionError(f"a batch of {len(batch.rows)} jobs took the INSERT path")
@@ -36,8 +36,8 @@ def copy_only(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes.append(len(jobs))
         return await real(db, jobs)
 
-    monkeypatch.setattr(client, "_enqueue_insert", insert)
-    monkeypatch.setattr(client, "_enqueue_copy", copy)
+    monkeypatch.setattr(producer, "_enqueue_insert", insert)
+    monkeypatch.setattr(producer, "_enqueue_copy", copy)
     return sizes
 
 
@@ -252,7 +252,7 @@ async def test_small_batches_and_unique_keys_keep_the_insert_path(conn: asyncpg.
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     await queues.declare_queue(conn, "u")
     paths: list[str] = []
-    real_insert, real_copy = client._enqueue_insert, client._enqueue_copy
+    real_insert, real_copy = producer._enqueue_insert, producer._enqueue_copy
 
     async def insert(db: Any, batch: Any) -> list[int]:
         paths.append("insert")
@@ -262,8 +262,8 @@ async def test_small_batches_and_unique_keys_keep_the_insert_path(conn: asyncpg.
         paths.append("copy")
         return await real_copy(db, jobs)
 
-    monkeypatch.setattr(client, "_enqueue_insert", insert)
-    monkeypatch.setattr(client, "_enqueue_copy", copy)
+    monkeypatch.setattr(producer, "_enqueue_insert", insert)
+    monkeypatch.setattr(producer, "_enqueue_copy", copy)
     n = client.COPY_MIN_BATCH
     await client.enqueue(conn, "u", "t")
     await client.enqueue_many(conn, [NewJob("u", "t")] * (n - 1))

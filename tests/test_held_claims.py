@@ -20,7 +20,7 @@ from shoal.client import NewJob, done_mentions
 from shoal.tasks import Job, TaskRegistry, task
 from shoal.worker import metrics
 from shoal.worker.held import HeldBatch, close_plan
-from shoal.worker.runner import Outcome
+from shoal.worker.outcome import Outcome
 
 FAST_RESCUE = ("--heartbeat-interval", "0.5", "--stale-after", "3", "--poll-interval", "0.2")
 WARM_UP = 1500  # no-op jobs after which a worker knows its jobs are short and claims held

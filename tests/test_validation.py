@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shoal import client, names, queues, validation
+from shoal import client, names, producer, queues, validation
 from shoal.client import NewJob
 from shoal.errors import UnknownQueueError, ValidationError
 
@@ -239,7 +239,7 @@ PYTHON_ONLY: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("name", "fields", "field"), PYTHON_ONLY, ids=ids(PYTHON_ONLY))
 async def test_python_values_of_the_wrong_kind_are_named(vconn: asyncpg.Connection, name: str,
                                                          fields: dict[str, Any], field: str) -> None:
-    """Alone, and third in a batch (where the first two prime the fast path of `_validate`)."""
+    """Alone, and third in a batch (where the first two prime the fast path of `validate`)."""
     bad = job(fields)
     with pytest.raises(ValidationError) as err:
         await client.enqueue_many(vconn, [bad])
@@ -260,7 +260,7 @@ async def test_payloads_that_only_look_unstorable_are_kept(vconn: asyncpg.Connec
 
 def test_accepted_delays() -> None:
     for delay in (0, 0.0, 0.5, 3, timedelta(seconds=1), 86400 * 365 * 100):
-        validation._validate([NewJob("v", "t", delay=delay)])
+        validation.validate([NewJob("v", "t", delay=delay)])
 
 
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["own-transaction", "caller-transaction"])
@@ -269,7 +269,7 @@ async def test_copy_path_refuses_a_nul_payload(vconn: asyncpg.Connection, monkey
     async def no_insert(db: Any, batch: Any) -> list[int]:
         raise AssertionError("the batch took the INSERT path")
 
-    monkeypatch.setattr(client, "_enqueue_insert", no_insert)
+    monkeypatch.setattr(producer, "_enqueue_insert", no_insert)
     at = BIG - 7  # in the last COPY chunk: the rows before it were already sent
     jobs = [NewJob("v", "t", {"i": i}) for i in range(BIG)]
     jobs[at] = NewJob("v", "t", {"i": "\x00"})
@@ -343,13 +343,13 @@ async def test_enqueue_reserve_refuses_bad_arguments(vconn: asyncpg.Connection, 
 async def test_a_sql_refusal_is_a_validation_error_naming_the_job(vconn: asyncpg.Connection, size: int,
                                                                   field: str) -> None:
     """Past the client's own checks (as a client of another version would be)."""
-    good: validation._Row = ("v", "t", "{}", 0, None, None, None)
-    bad: validation._Row = ("v", "a b", "{}", 0, None, None, None)
+    good: validation.Row = ("v", "t", "{}", 0, None, None, None)
+    bad: validation.Row = ("v", "a b", "{}", 0, None, None, None)
     rows = [good, bad][-size:]
     with pytest.raises(ValidationError) as err:
-        await client._enqueue_insert(vconn, validation._Batch(rows, {"v"}))
+        await producer._enqueue_insert(vconn, validation.Batch(rows, {"v"}))
     assert err.value.field == field
     assert str(err.value) == f"{field}: invalid task name 'a b': {names.TASK_HINT}"
     with pytest.raises(UnknownQueueError):
-        await client._enqueue_insert(vconn, validation._Batch([("ghost", "t", "{}", 0, None, None, None)], {"ghost"}))
+        await producer._enqueue_insert(vconn, validation.Batch([("ghost", "t", "{}", 0, None, None, None)], {"ghost"}))
     assert await count(vconn) == 0

@@ -6,7 +6,7 @@ it only for short jobs on queues without flow limits, and keeps each transaction
 most `HOLD_BUDGET` seconds: whatever is still running then is converted to an ordinary lease.
 
 This module holds the batch's bookkeeping and the pure decision of what closing a batch
-writes; the worker (runner.py) does the I/O.
+writes; holder.py does the I/O (opening, committing, losing a batch).
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from shoal.worker.runner import Outcome
+from shoal.worker.outcome import Outcome
 
 # How long a held transaction may stay open before its unfinished jobs become leases.
 HOLD_BUDGET = 1.0
 # Open held batches per worker, each on its own connection: one running while the next is
-# claimed. More overlap made each claim skip more locked rows (see Worker._claimer).
+# claimed. More overlap made each claim skip more locked rows (see Claimer.run).
 MAX_HELD = 2
 
 

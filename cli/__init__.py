@@ -1,4 +1,8 @@
-"""The `shoal` command: the composition root that wires core, worker and operator together.
+"""The `shoal` command (`shoal.cli`, folder cli/): the composition root on top of every component.
+
+It wires the core, the worker and, through the `shoal.commands` entry points, the operator and the
+local autoscaler together; nothing imports it (pyproject.toml's import contracts hold that).
+`python -m shoal.cli` runs it too (cli/__main__.py).
 
 Spellings here are a contract (docs, tests and tooling rely on them). Components are
 imported inside their subcommands so `shoal enqueue` does not pay for kopf, and the
@@ -327,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_extension_commands(sub: Any) -> None:
-    """Components above the core (operator, local autoscaler) add their subcommands through the
-    `shoal.commands` entry point, so the core never imports them."""
+    """The operator and the local autoscaler add their subcommands through the `shoal.commands`
+    entry points (pyproject.toml): each component keeps its own flags."""
     from importlib.metadata import entry_points
 
     for ep in sorted(entry_points(group="shoal.commands"), key=lambda e: e.name):
@@ -359,6 +363,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {known[0]}", file=sys.stderr)
         return known[1]
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The executor: `concurrency` runners take claimed jobs from the job buffer, run their
+handlers (with timeouts, cancellation, batch tasks) and put the outcomes in the outcome sink.
+
+Idle runners park in the buffer and are woken a few at a time as work arrives. A runner
+starts nothing while the keeper doubts our leases (after a silence), and gives back the
+rate-limited jobs that missed their start window.
+
+Touches: takes from the job buffer (and its `start_by`), puts into the outcome sink (straight
+into the job's open held batch when there is one), `Shared.executing`; reads `cancelling`;
+removes the late jobs it gives back from `claimed`. Owns `busy` and `avg_duration`, which the
+claimer reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shoal import queries
+from shoal.tasks import Job, TaskSpec, call
+from shoal.worker import metrics
+from shoal.worker.config import WorkerConfig
+from shoal.worker.keeper import Keeper
+from shoal.worker.outcome import Outcome, failure_outcome
+from shoal.worker.state import WAKE_AHEAD, Shared
+
+log = logging.getLogger("shoal.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    spec: TaskSpec | None  # None: no handler registered under that name
+    timeout: float | None
+    ran: Any  # handler duration histogram child
+    waited: Any  # queue wait histogram child
+
+
+class TaskTable:
+    """What running a job of a task needs, looked up once per task name rather than per job.
+    Unknown tasks are not remembered, so a handler registered later is found."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._known: dict[str, TaskInfo] = {}
+
+    def get(self, task: str) -> TaskInfo:
+        info = self._known.get(task)
+        if info is None:
+            cfg = self._config
+            spec = cfg.registry.get(task)
+            timeout = None if spec is None else spec.timeout if spec.timeout is not None else cfg.job_timeout
+            info = TaskInfo(spec, timeout, metrics.JOB_DURATION.labels(cfg.queue, task),
+                            metrics.QUEUE_WAIT.labels(cfg.queue, task))
+            if spec is not None:
+                self._known[task] = info
+        return info
+
+
+class Executor:
+    def __init__(self, shared: Shared, pool: asyncpg.Pool, keeper: Keeper, tasks: TaskTable) -> None:
+        self.shared = shared
+        self.config = shared.config
+        self.pool = pool
+        self.keeper = keeper
+        self.busy = 0  # runners executing a job or a batch
+        self.avg_duration = 1.0  # moving average of handler run time; assume slow until measured
+        # Per-job lookups, bound once: the tables are only ever changed in place.
+        self._task_info = tasks.get
+        self._cancelling = shared.cancelling
+        self._batch_of = shared.sink.batch_of
+        self._lost = shared.sink.lost
+        self._put = shared.sink.put
+
+    async def runner(self) -> None:
+        """One of `concurrency` long-lived coroutines: cheaper than a task per job."""
+        me = asyncio.current_task()
+        assert me is not None
+        loop = asyncio.get_running_loop()
+        shared, keeper, jb = self.shared, self.keeper, self.shared.buffer
+        buffer, idle, start_by = jb.items, jb.idle, jb.start_by
+        executing, slot_freed, stopping = shared.executing, shared.slot_freed, shared.stopping
+        doubt_after = keeper.doubt_after
+        streak = 0
+        while True:
+            streak += 1
+            if streak == 64:
+                # Jobs that never await would let one runner empty the buffer in one go, and
+                # claims, writes and heartbeats would wait for it: let them in now and then.
+                streak = 0
+                await asyncio.sleep(0)
+            while not buffer:
+                streak = 0
+                if stopping.is_set():
+                    return
+                parked = loop.create_future()
+                idle.append(parked)
+                try:
+                    await parked
+                finally:
+                    if parked.done() and not parked.cancelled():
+                        jb.waking -= 1
+            if time.monotonic() - keeper.beat_ok_at > doubt_after:
+                await keeper.confirm_leases()
+                continue
+            item = buffer.popleft()
+            if buffer and idle and jb.waking < WAKE_AHEAD:
+                jb.wake_runners(1)  # more work: pass it on before this job may block
+            jobs = item if isinstance(item, list) else (item,)
+            jb.count -= len(jobs)
+            if start_by and await self._released_late(jobs):
+                continue
+            self.busy += 1
+            for job in jobs:
+                executing[job.id] = me
+            try:
+                await (self._run_batch(item) if isinstance(item, list) else self._run_one(item))
+            finally:
+                for job in jobs:
+                    executing.pop(job.id, None)
+                self.busy -= 1
+                slot_freed.set()
+
+    async def _released_late(self, jobs: Sequence[Job]) -> bool:
+        """Give back rate-limited jobs that could not start within their claim's window (the
+        rate log counted their start at the window's end; starting later could put two claims'
+        starts in one window). Their attempt is not counted. False: start them."""
+        shared = self.shared
+        now = time.monotonic()
+        deadlines = [shared.buffer.start_by.pop(job.id, None) for job in jobs]
+        if all(d is None or now <= d for d in deadlines):
+            return False
+        try:
+            await self.pool.fetchval(queries.RELEASE, self.config.worker_id, [j.id for j in jobs], False)
+        except Exception as exc:
+            log.warning("could not give back late rate-limited jobs; starting them", extra={"error": repr(exc)})
+            return False
+        for job in jobs:
+            shared.claimed.pop(job.id, None)
+        log.debug("gave back rate-limited jobs that missed their start window", extra={"jobs": len(jobs)})
+        shared.count_in_flight()
+        shared.slot_freed.set()
+        return True
+
+    def failure(self, job: Job, exc: BaseException) -> Outcome:
+        cfg = self.config
+        timeout = self._task_info(job.task).timeout if isinstance(exc, TimeoutError) else None
+        return failure_outcome(job, exc, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.shared.rng,
+                               timeout=timeout)
+
+    def _was_cancelled(self, jobs: list[Job]) -> bool:
+        """A CancelledError meant for this job (not a shutdown): keep the runner alive."""
+        if not any(j.id in self._cancelling for j in jobs):
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
+    async def _run_one(self, job: Job) -> None:
+        info = self._task_info(job.task)
+        spec = info.spec
+        started = time.perf_counter()
+        try:
+            if spec is None:
+                known = ", ".join(sorted(self.config.registry.tasks)) or "none"
+                outcome = Outcome(job, "fail", f"unknown task {job.task!r}: no handler is registered in this worker "
+                                  f"(known: {known}); register it with @shoal.task({job.task!r}) in a module "
+                                  "passed to --tasks", None)
+            else:
+                if info.timeout is None:
+                    await (spec.fn(job) if spec.is_async else call(spec, job))
+                else:
+                    async with asyncio.timeout(info.timeout):
+                        await call(spec, job)
+                outcome = Outcome(job, "ok")
+        except asyncio.CancelledError:
+            if not self._was_cancelled([job]):
+                raise  # shutdown past the drain timeout: the job is released, not failed
+            outcome = Outcome(job, "cancel", "cancelled while running")
+        except Exception as exc:
+            outcome = self.failure(job, exc)
+        elapsed = time.perf_counter() - started
+        self.avg_duration += (elapsed - self.avg_duration) * 0.02
+        info.ran.observe(elapsed)
+        batch = self._batch_of.get(job.id)
+        if batch is not None and not self._lost:
+            batch.add(outcome)  # the common case of a fast queue, without the sink's loop
+        else:
+            self._put((outcome,))
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        spec = self.config.registry.tasks[jobs[0].task]
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._task_info(spec.name).timeout):
+                result = await call(spec, jobs)
+            failed = dict(result or {})
+            outcomes = []
+            for job in jobs:
+                err = failed.get(job.id)
+                if err is None:
+                    outcomes.append(Outcome(job, "ok"))
+                else:
+                    exc = err if isinstance(err, BaseException) else Exception(str(err))
+                    outcomes.append(self.failure(job, exc))
+        except asyncio.CancelledError:
+            if not self._was_cancelled(jobs):
+                raise
+            # Cancelling one item cancels the call; the others go back to the queue as retries.
+            outcomes = [Outcome(j, "cancel", "cancelled while running") if j.id in self._cancelling
+                        else Outcome(j, "fail", "batch interrupted by the cancellation of another item", 0.0)
+                        for j in jobs]
+        except Exception as exc:
+            outcomes = [self.failure(job, exc) for job in jobs]
+        elapsed = time.perf_counter() - started
+        hist = self._task_info(spec.name).ran
+        for _ in jobs:
+            hist.observe(elapsed)
+        self._put(outcomes)
