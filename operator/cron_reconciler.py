@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.backoff import loop_delay
 from shoal.errors import ValidationError
 from shoal.names import task_name
 from shoal.operator.conditions import (
@@ -32,8 +33,8 @@ from shoal.operator.conditions import (
 )
 from shoal.operator.cron import due_ticks, format_time, latest_tick, parse_schedule, parse_time
 from shoal.operator.databases import Databases
-from shoal.operator.problems import Problem, backoff_seconds
-from shoal.operator.queue_config import postgres_queue_name
+from shoal.operator.problems import Problem
+from shoal.operator.queue_spec import parse_queue_spec
 from shoal.operator.sources import database_pool, database_url, referenced_queue
 from shoal.operator.ticks import TickJob, fire_tick, tick_history
 
@@ -103,15 +104,15 @@ async def reconcile_cron(*, name: str, namespace: str, spec: Mapping[str, Any], 
     try:
         queue_ref = (spec.get("queueRef") or {}).get("name", "")
         queue = await referenced_queue(namespace, queue_ref)
-        queue_spec = queue.get("spec") or {}
         try:
-            queue_name = postgres_queue_name(namespace, queue_ref, queue_spec)
+            queue_spec = parse_queue_spec(namespace, queue_ref, queue.get("spec") or {})
         except ValidationError as exc:
             raise Problem(QUEUE_FOUND, "QueueInvalid", f"spec.queueRef.name: Queue {queue_ref!r} is invalid ({exc}); "
                           "fix that Queue") from None
+        queue_name = queue_spec.queue_name
         causes.append(Condition.true(QUEUE_FOUND, "Found", f"enqueues into queue {queue_name!r}"))
         where = f"Queue {queue_ref}: "
-        url = await database_url(namespace, queue_spec.get("databaseSecretRef") or {}, where=where)
+        url = await database_url(namespace, queue_spec.database_secret_ref, where=where)
         pool = await database_pool(databases, url, where=where)
         causes.append(Condition.true(DATABASE_REACHABLE, "Connected", "the database is reachable"))
         key = cron_name(namespace, name)
@@ -147,8 +148,8 @@ async def reconcile_cron(*, name: str, namespace: str, spec: Mapping[str, Any], 
         causes.append(retry.condition())
     if retry is not None:
         memo.checked_at, memo.spec_key = float("-inf"), spec_key
-        memo.retry_after = monotonic + backoff_seconds(memo.failures, cap=30)
         memo.failures += 1
+        memo.retry_after = monotonic + loop_delay(memo.failures, base=1.0, cap=30.0)
     for t in (QUEUE_FOUND, DATABASE_REACHABLE):
         if not any(c.type == t for c in causes):
             causes.append(Condition.unknown(t, "NotChecked", "waiting for the conditions above"))

@@ -4,7 +4,14 @@ Security defaults are not optional: workers run as uid 10001 (the image's user),
 read-only root filesystem, no privilege escalation and every capability dropped; /tmp is
 an emptyDir because Python and many libraries want somewhere to write. The database URL
 reaches the pod only as a ``secretKeyRef``, never as a literal value in the manifest, so it
-is not visible to anyone who can read Deployments.
+is not visible to anyone who can read Deployments. ``POD_NAME`` (downward API) lets a worker
+put its pod's name in its id, which the scale-down's pod-deletion-cost relies on
+(`shoal.operator.deletion_cost`). The grace period is the worker's drain plus a margin, so a
+scale-down or rollout never kills a worker that is still finishing jobs.
+
+Everything else comes from ``spec.worker``; what the Queue stops setting is deleted from the
+Deployment by the drift patch (`drift_patch`), including pod labels and annotations, which
+are told apart from those others add by a record on the Deployment (`managed_pod_metadata`).
 """
 
 from __future__ import annotations
@@ -17,17 +24,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.operator.naming import (
+    POD_METADATA_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
     deployment_name,
     selector_labels,
     worker_labels,
 )
+from shoal.operator.queue_spec import TMP_PATH, TMP_VOLUME, QueueSpec
 
 JSON = dict[str, Any]
 METRICS_PORT = 9090
 WORKER_UID = 10001
 CONTAINER_NAME = "worker"
 DATABASE_ENV = "SHOAL_DATABASE_URL"
+POD_NAME_ENV = "POD_NAME"  # the downward API's metadata.name; workers put it in their id
+RESERVED_ENV = frozenset({DATABASE_ENV, POD_NAME_ENV})
+DRAIN_MARGIN = 15  # s of grace beyond the drain: release the interrupted jobs, flush, exit
+# Pod-spec fields set only when the Queue gives them; dropped from the Queue, they are deleted.
+OPTIONAL_POD_FIELDS = ("serviceAccountName", "priorityClassName", "imagePullSecrets", "nodeSelector",
+                       "tolerations", "affinity", "topologySpreadConstraints")
+# Those of them that are objects: a merge patch would merge them, so the keys the Queue dropped
+# are deleted explicitly (lists are replaced whole by a merge patch anyway).
+REPLACED_OBJECTS = ("nodeSelector", "affinity")
 
 
 @dataclass(frozen=True)
@@ -47,36 +65,41 @@ def _number(value: Any) -> str:
     return str(int(as_float)) if as_float.is_integer() else repr(as_float)
 
 
-def worker_args(queue_name: str, spec: Mapping[str, Any]) -> list[str]:
+def worker_args(spec: QueueSpec) -> list[str]:
     """The ``shoal worker`` arguments the Queue's spec asks for (the image's entrypoint is shoal)."""
-    retry = spec.get("retry") or {}
-    worker = spec.get("worker") or {}
     args = [
         "worker",
-        "--queue", queue_name,
-        "--concurrency", str(int(spec.get("concurrency", 10))),
+        "--queue", spec.queue_name,
+        "--concurrency", str(spec.concurrency),
         "--metrics-port", str(METRICS_PORT),
-        "--backoff-base", _number(retry.get("backoffBaseSeconds", 1)),
-        "--backoff-max", _number(retry.get("backoffMaxSeconds", 300)),
+        "--backoff-base", _number(spec.retry.backoff_base_seconds),
+        "--backoff-max", _number(spec.retry.backoff_max_seconds),
+        "--drain-timeout", str(spec.worker.drain_timeout_seconds),
     ]
-    if spec.get("jobTimeoutSeconds") is not None:
-        args += ["--job-timeout", _number(spec["jobTimeoutSeconds"])]
-    tasks = list(worker.get("tasks") or [])
-    if tasks:
-        args += ["--tasks", *tasks]  # last: --tasks takes every following word
+    if spec.job_timeout_seconds is not None:
+        args += ["--job-timeout", _number(spec.job_timeout_seconds)]
+    if spec.worker.tasks:
+        args += ["--tasks", *spec.worker.tasks]  # last: --tasks takes every following word
     return args
 
 
-def _env(spec: Mapping[str, Any]) -> list[JSON]:
-    ref = spec["databaseSecretRef"]
+def grace_period(spec: QueueSpec) -> int:
+    """The pod's terminationGracePeriodSeconds: the worker's drain, plus time to release what
+    it interrupted and exit, so Kubernetes never kills a worker that is still draining."""
+    return spec.worker.drain_timeout_seconds + DRAIN_MARGIN
+
+
+def _env(spec: QueueSpec) -> list[JSON]:
+    ref = spec.database_secret_ref
     database: JSON = {
         "name": DATABASE_ENV,
-        "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref.get("key", "url")}},
+        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
     }
-    # The user's variables may not override the database URL: it would bypass the Secret.
-    extra = [copy.deepcopy(dict(e)) for e in (spec.get("worker") or {}).get("env") or []
-             if e.get("name") != DATABASE_ENV]
-    return [database, *extra]
+    # The pod's name, so a worker's id names its pod (the scale-down's pod-deletion-cost).
+    pod_name: JSON = {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    # The user's variables may not override these: the URL would bypass the Secret.
+    extra = [copy.deepcopy(e) for e in spec.worker.env if e.get("name") not in RESERVED_ENV]
+    return [database, pod_name, *extra]
 
 
 def _probe(path: str, period: int, failures: int) -> JSON:
@@ -88,18 +111,18 @@ def _probe(path: str, period: int, failures: int) -> JSON:
     }
 
 
-def pod_template(owner: Owner, queue_name: str, spec: Mapping[str, Any]) -> JSON:
+def pod_template(owner: Owner, spec: QueueSpec) -> JSON:
     """The worker pod template: what drift correction restores."""
-    worker = spec.get("worker") or {}
+    worker = spec.worker
     container: JSON = {
         "name": CONTAINER_NAME,
-        "image": worker["image"],
-        "args": worker_args(queue_name, spec),
+        "image": worker.image,
+        "args": worker_args(spec),
         "env": _env(spec),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
-        "resources": copy.deepcopy(dict(worker.get("resources") or {})),
+        "resources": copy.deepcopy(worker.resources),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": WORKER_UID,
@@ -108,10 +131,13 @@ def pod_template(owner: Owner, queue_name: str, spec: Mapping[str, Any]) -> JSON
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": TMP_PATH},
+                         *(copy.deepcopy(m) for m in worker.volume_mounts)],
     }
-    if worker.get("imagePullPolicy"):
-        container["imagePullPolicy"] = worker["imagePullPolicy"]
+    if worker.image_pull_policy:
+        container["imagePullPolicy"] = worker.image_pull_policy
+    if worker.env_from:
+        container["envFrom"] = [copy.deepcopy(e) for e in worker.env_from]
     pod_spec: JSON = {
         "securityContext": {
             "runAsNonRoot": True,
@@ -120,21 +146,34 @@ def pod_template(owner: Owner, queue_name: str, spec: Mapping[str, Any]) -> JSON
             "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # Workers drain running jobs on SIGTERM (default drain timeout 30 s) before exiting.
-        "terminationGracePeriodSeconds": 45,
+        # Workers drain running jobs on SIGTERM (spec.worker.drainTimeoutSeconds) before exiting.
+        "terminationGracePeriodSeconds": grace_period(spec),
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+                    *(copy.deepcopy(v) for v in worker.volumes)],
     }
-    if worker.get("serviceAccountName"):
-        pod_spec["serviceAccountName"] = worker["serviceAccountName"]
-    if worker.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(worker["nodeSelector"])
-    if worker.get("tolerations"):
-        pod_spec["tolerations"] = [copy.deepcopy(dict(t)) for t in worker["tolerations"]]
-    metadata: JSON = {"labels": worker_labels(owner.name)}
-    if worker.get("podAnnotations"):
-        metadata["annotations"] = dict(worker["podAnnotations"])
+    optional: dict[str, Any] = {  # each one of OPTIONAL_POD_FIELDS
+        "serviceAccountName": worker.service_account_name,
+        "priorityClassName": worker.priority_class_name,
+        "imagePullSecrets": [copy.deepcopy(s) for s in worker.image_pull_secrets],
+        "nodeSelector": dict(worker.node_selector),
+        "tolerations": [copy.deepcopy(t) for t in worker.tolerations],
+        "affinity": copy.deepcopy(worker.affinity),
+        "topologySpreadConstraints": [copy.deepcopy(t) for t in worker.topology_spread_constraints],
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value})
+    metadata: JSON = {"labels": {**worker.pod_labels, **worker_labels(owner.name)}}
+    if worker.pod_annotations:
+        metadata["annotations"] = dict(worker.pod_annotations)
     return {"metadata": metadata, "spec": pod_spec}
+
+
+def managed_pod_metadata(spec: QueueSpec) -> str:
+    """The pod-template labels and annotations that come from the Queue (not the operator's own),
+    recorded on the Deployment so that one the Queue drops later is deleted, while those others
+    add (``kubectl rollout restart``'s annotation) are kept."""
+    return json.dumps({"annotations": sorted(spec.worker.pod_annotations), "labels": sorted(spec.worker.pod_labels)},
+                      separators=(",", ":"))
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
@@ -143,9 +182,10 @@ def template_hash(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_deployment(owner: Owner, queue_name: str, spec: Mapping[str, Any], replicas: int) -> JSON:
-    """The whole worker Deployment, as created."""
-    template = pod_template(owner, queue_name, spec)
+def build_deployment(owner: Owner, spec: QueueSpec, replicas: int) -> JSON:
+    """The whole worker Deployment, as created (with `replicas`; afterwards only the Queue's
+    autoscaler changes them, through the scale subresource)."""
+    template = pod_template(owner, spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -153,7 +193,8 @@ def build_deployment(owner: Owner, queue_name: str, spec: Mapping[str, Any], rep
             "name": deployment_name(owner.name),
             "namespace": owner.namespace,
             "labels": worker_labels(owner.name),
-            "annotations": {TEMPLATE_HASH_ANNOTATION: template_hash(template)},
+            "annotations": {TEMPLATE_HASH_ANNOTATION: template_hash(template),
+                            POD_METADATA_ANNOTATION: managed_pod_metadata(spec)},
             "ownerReferences": [{
                 "apiVersion": owner.api_version,
                 "kind": owner.kind,
@@ -185,11 +226,12 @@ def contains(actual: Any, desired: Any) -> bool:
     return bool(actual == desired)
 
 
-def drift_patch(live: Mapping[str, Any], desired: Mapping[str, Any], replicas: int | None) -> JSON | None:
+def drift_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON | None:
     """A JSON merge patch that restores ``desired`` on the ``live`` Deployment, or None if it
-    is already converged. Replicas are written only when ``replicas`` is given (see
-    `shoal.operator.replicas.replicas_to_set`), so a scaler's choice survives drift correction.
-    A merge patch replaces lists wholesale: containers/env/volumes someone added are removed.
+    is already converged. Never replicas: once the Deployment exists the Queue's autoscaler is
+    their only writer (or, with autoscaling off, whoever owns them), so drift correction can
+    never undo a scale. A merge patch replaces lists wholesale: containers/env/volumes someone
+    added are removed; what the Queue no longer sets is deleted (`_merge_template`).
     """
     meta, spec = live.get("metadata") or {}, live.get("spec") or {}
     want_meta, want_spec = desired["metadata"], desired["spec"]
@@ -202,20 +244,59 @@ def drift_patch(live: Mapping[str, Any], desired: Mapping[str, Any], replicas: i
     if not contains(meta.get("ownerReferences") or [], want_meta["ownerReferences"]):
         patch.setdefault("metadata", {})["ownerReferences"] = want_meta["ownerReferences"]
     if spec_changed or not contains(spec.get("template") or {}, want_spec["template"]):
+        managed = _managed_before(meta.get("annotations") or {})
         patch.setdefault("spec", {})["template"] = _merge_template(spec.get("template") or {},
-                                                                  want_spec["template"])
-    if replicas is not None and spec.get("replicas") != replicas:
-        patch.setdefault("spec", {})["replicas"] = replicas
+                                                                  want_spec["template"], managed)
     return patch or None
 
 
-def _merge_template(live: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON:
-    """The template part of the patch: the desired template, plus ``None`` for the pod-spec
-    fields we manage but the Queue no longer sets (a merge patch deletes keys set to null).
-    Extra pod-template labels and annotations are left alone: ``kubectl rollout restart``
-    works by adding one."""
+def _managed_before(annotations: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The pod-template labels and annotations the Queue set when the Deployment was last
+    written (nothing for a Deployment an older operator wrote)."""
+    try:
+        recorded = json.loads(annotations.get(POD_METADATA_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {kind: [str(k) for k in keys] for kind, keys in recorded.items()
+            if kind in ("labels", "annotations") and isinstance(keys, list)}
+
+
+def _replacement(live: Any, desired: Any) -> Any:
+    """The merge-patch value that turns ``live`` into ``desired``: nested keys ``desired``
+    lacks are set to null (a merge patch deletes those), the rest is ``desired``."""
+    if not (isinstance(live, Mapping) and isinstance(desired, Mapping)):
+        return copy.deepcopy(desired)
+    out: JSON = {key: None for key in live if key not in desired}
+    out.update({key: _replacement(live.get(key), value) for key, value in desired.items()})
+    return out
+
+
+def _merge_template(live: Mapping[str, Any], desired: Mapping[str, Any],
+                    managed: Mapping[str, list[str]]) -> JSON:
+    """The template part of the patch: the desired template, plus ``None`` for what the Queue
+    no longer sets (a merge patch deletes keys set to null): pod-spec fields it dropped, keys
+    dropped from its objects (nodeSelector, affinity), and the pod labels and annotations it
+    had set (`managed`) but dropped. Pod labels and annotations others added are left alone:
+    ``kubectl rollout restart`` works by adding one."""
     patch = copy.deepcopy(dict(desired))
-    for key in ("serviceAccountName", "nodeSelector", "tolerations"):
-        if key in (live.get("spec") or {}) and key not in desired["spec"]:
+    live_spec, want_spec = live.get("spec") or {}, desired["spec"]
+    for key in OPTIONAL_POD_FIELDS:
+        if key in live_spec and key not in want_spec:
             patch["spec"][key] = None
+    for key in REPLACED_OBJECTS:
+        if key in live_spec and key in want_spec:
+            patch["spec"][key] = _replacement(live_spec[key], want_spec[key])
+    if "serviceAccountName" not in want_spec and live_spec.get("serviceAccount"):
+        # The API server mirrors serviceAccountName into this deprecated alias, and reads it
+        # back when the name is empty: deleting only the name would keep the old account.
+        patch["spec"]["serviceAccount"] = None
+    live_meta = live.get("metadata") or {}
+    for kind in ("labels", "annotations"):
+        wanted = desired["metadata"].get(kind) or {}
+        dropped = {key: None for key in managed.get(kind, ())
+                   if key in (live_meta.get(kind) or {}) and key not in wanted}
+        if dropped:
+            patch["metadata"][kind] = {**wanted, **dropped}
     return patch

@@ -4,11 +4,13 @@ Handler map (all for group shoal.dev, version v1alpha1):
 
 - Queue create / update / resume → `reconcile_queue`; a transient problem (Secret missing,
   database unreachable) raises TemporaryError so kopf retries with exponential backoff.
-- Queue timer (every ``resync_seconds``) → `reconcile_queue` again: drift correction of the
-  Deployment, pending/running counts, conditions. Never raises: the next tick retries.
-- Queue daemon → `shoal.operator.scaling.QueueScaler`: the Queue's autoscaler, a control
-  loop that sets the worker Deployment's replicas through its scale subresource and owns
-  the counts and replicas in the Queue's status. Kopf runs it only on the active replica
+- Queue timer (every ``resync_seconds``) → `reconcile_queue` again: the queue's row in Postgres,
+  drift correction of the Deployment (never its replicas), conditions. Never raises: the next
+  tick retries.
+- Queue daemon → `shoal.operator.scaling.queue_autoscaler`: the Queue's autoscaler (the
+  loop `shoal up` runs too), the only writer of the worker Deployment's replicas once it
+  exists (through its scale subresource) and of Scaled Events; it owns the counts and
+  replicas in the Queue's status. Kopf runs it only on the active replica
   (peering pauses stop daemons) and stops it before the Queue's deletion handler runs.
 - Queue delete → `delete_queue_resources` (explicit Deployment delete; jobs kept unless
   ``deletionPolicy: Delete``). Kopf's finalizer keeps the Queue until this succeeds.
@@ -28,13 +30,15 @@ from typing import Any
 
 import kopf
 
+from shoal.backoff import loop_delay
 from shoal.operator.config import OperatorConfig
 from shoal.operator.cron import format_time
 from shoal.operator.cron_reconciler import CronMemo, CronResult, reconcile_cron
 from shoal.operator.databases import Databases
-from shoal.operator.problems import Problem, backoff_seconds
+from shoal.operator.problems import Problem
 from shoal.operator.queue_reconciler import QueueResult, delete_queue_resources, reconcile_queue
-from shoal.operator.scaling import QueueScaler, run_queue_scaler
+from shoal.operator.scaling import queue_autoscaler as build_queue_autoscaler
+from shoal.operator.scaling import run_queue_scaler
 
 GROUP, VERSION = "shoal.dev", "v1alpha1"
 log = logging.getLogger("shoal.operator")
@@ -56,10 +60,18 @@ def _apply(body: kopf.Body, patch: kopf.Patch, result: QueueResult | CronResult)
     _post(body, result.events)
 
 
+PROBLEM_BACKOFF_CAP = 60.0  # s: the longest wait before kopf retries a transient problem
+
+
+def _problem_delay(retry: int) -> float:
+    """Seconds before kopf's next try; ``retry`` is kopf's count of earlier retries (0 at first)."""
+    return loop_delay(retry + 1, base=1.0, cap=PROBLEM_BACKOFF_CAP)
+
+
 def _retry_later(problem: Problem | None, retry: int) -> None:
     """Transient problems are retried by kopf with backoff; spec problems wait for a spec edit."""
     if problem is not None and problem.transient:
-        raise kopf.TemporaryError(str(problem), delay=backoff_seconds(retry))
+        raise kopf.TemporaryError(str(problem), delay=_problem_delay(retry))
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, databases: Databases) -> None:
@@ -128,8 +140,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, databases:
     @kopf.daemon(GROUP, VERSION, "queues", cancellation_backoff=5.0, cancellation_timeout=10.0,
                  registry=registry)
     async def queue_autoscaler(stopped: kopf.DaemonStopped, body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
-        scaler = QueueScaler(name=meta["name"], namespace=meta["namespace"], body=body, databases=databases,
-                             emit=lambda kind, reason, message: _post(body, [(kind, reason, message)]))
+        scaler = build_queue_autoscaler(name=meta["name"], namespace=meta["namespace"], body=body,
+                                        databases=databases,
+                                        emit=lambda kind, reason, message: _post(body, [(kind, reason, message)]))
         await run_queue_scaler(scaler, stopped)
 
     @kopf.on.delete(GROUP, VERSION, "queues", registry=registry)
@@ -141,7 +154,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, databases:
             message = (f"{problem}; the Queue stays until its jobs can be deleted (or set "
                        "spec.deletionPolicy: Retain to keep them)")
             _post(body, [("Warning", problem.reason, message)])
-            raise kopf.TemporaryError(message, delay=backoff_seconds(retry)) from None
+            raise kopf.TemporaryError(message, delay=_problem_delay(retry)) from None
         _post(body, events)
 
     async def cron(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,

@@ -32,6 +32,7 @@ API_CALLS: dict[tuple[str, str, str], str] = {
     ("apps", "deployments/scale", "get"): "read_deployment_scale: the autoscaler's current replicas",
     ("apps", "deployments/scale", "patch"): "scale_deployment: the autoscaler sets replicas",
     ("shoal.dev", "queues/status", "patch"): "patch_queue_status: the autoscaler's counts and last scale",
+    ("", "pods", "patch"): "annotate_pod: a worker pod's deletion cost, before a scale-down",
 }
 
 
@@ -141,6 +142,13 @@ async def scale_deployment(namespace: str, name: str, replicas: int) -> int:
     scale = await _call(api.patch_namespaced_deployment_scale, name, namespace, {"spec": {"replicas": replicas}},
                         _content_type=MERGE_PATCH, _request_timeout=TICK_TIMEOUT)
     return int((scale.get("spec") or {}).get("replicas") or 0)
+
+
+async def annotate_pod(namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+    """Merge ``annotations`` into a pod's (None deletes one). Raises NotFound."""
+    api = kubernetes.client.CoreV1Api(_shared_client())
+    await _call(api.patch_namespaced_pod, name, namespace, {"metadata": {"annotations": dict(annotations)}},
+                _content_type=MERGE_PATCH, _request_timeout=TICK_TIMEOUT)
 
 
 async def patch_queue_status(namespace: str, name: str, status: Mapping[str, Any]) -> JSON:

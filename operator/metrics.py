@@ -21,7 +21,10 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 REGISTRY.register(PROCESS_COLLECTOR)
 REGISTRY.register(PLATFORM_COLLECTOR)
 
-QUEUE_PENDING = Gauge("shoal_queue_pending", "Jobs waiting to run (capped count)", ["queue"], registry=REGISTRY)
+# Named "pending" for users (like the Queue's status field) but it holds the *ready* jobs: runnable
+# now, not those scheduled for later.
+QUEUE_READY = Gauge("shoal_queue_pending", "Jobs ready to run now, not those scheduled for later (capped count)",
+                    ["queue"], registry=REGISTRY)
 QUEUE_RUNNING = Gauge("shoal_queue_running", "Jobs running right now (capped count)", ["queue"], registry=REGISTRY)
 DESIRED_REPLICAS = Gauge("shoal_queue_desired_replicas", "Worker replicas the operator wants", ["queue"],
                          registry=REGISTRY)
@@ -36,7 +39,7 @@ SCALE_DECISION_SECONDS = Histogram(
 
 def forget_queue(queue: str) -> None:
     """Drop a deleted queue's series so dashboards do not show it forever."""
-    for gauge in (QUEUE_PENDING, QUEUE_RUNNING, DESIRED_REPLICAS, CURRENT_REPLICAS):
+    for gauge in (QUEUE_READY, QUEUE_RUNNING, DESIRED_REPLICAS, CURRENT_REPLICAS):
         try:
             gauge.remove(queue)
         except KeyError:

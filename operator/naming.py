@@ -11,6 +11,8 @@ from shoal.errors import ValidationError
 LABEL_QUEUE = "shoal.dev/queue"
 FIELD_MANAGER = "shoal-operator"
 TEMPLATE_HASH_ANNOTATION = "shoal.dev/template-hash"
+# On the Deployment: which pod-template labels and annotations came from the Queue (JSON).
+POD_METADATA_ANNOTATION = "shoal.dev/pod-metadata"
 MAX_LABEL_VALUE = 63
 
 

@@ -2,7 +2,8 @@
 False condition and an Event.
 
 ``transient`` problems (a missing Secret, an unreachable database, a Queue not created
-yet) can fix themselves without a spec change: they are retried with backoff. The others
+yet) can fix themselves without a spec change: they are retried with backoff
+(`shoal.backoff.loop_delay`). The others
 (an invalid cron expression, an unknown time zone) need the user to edit the spec; they
 are reported and left until the spec changes (which triggers a new reconcile anyway).
 """
@@ -26,8 +27,3 @@ class Problem(Exception):
 
     def condition(self) -> Condition:
         return Condition.false(self.condition_type, self.reason, self.message)
-
-
-def backoff_seconds(retry: int, *, base: float = 1.0, cap: float = 60.0) -> float:
-    """Exponential retry delay for transient problems: 1, 2, 4, ... up to ``cap`` seconds."""
-    return float(min(cap, base * (2 ** max(0, min(retry, 16)))))

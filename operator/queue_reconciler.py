@@ -4,11 +4,18 @@ Called on create/update/resume and on every resync (the timer), so it is idempot
 cheap when nothing changed: it reads the Deployment and writes only a drift patch; it
 declares the queue in Postgres with the whole spec (``put_queue`` makes it exactly that).
 
-Status is split between two writers that never write the same key: this reconciler owns
-``queueName``, ``deployment``, ``conditions`` and ``observedGeneration``; the Queue's
-autoscaler (`shoal.operator.scaling`) owns the counts and replicas (``pending``,
-``running``, ``replicas``, ``desiredReplicas``, ``lastScaleTime``, ``lastScaleReason``) and
-their gauges. Both send merge patches of their own keys only, so neither clobbers the other.
+The spec is parsed once into a `QueueSpec` (`shoal.operator.queue_spec`); an invalid one is
+reported on the SpecValid condition (and as an Event) with the field and the fix.
+
+Replicas have one writer: this reconciler creates a missing Deployment at the Queue's floor
+and never touches ``spec.replicas`` after that; the Queue's autoscaler
+(`shoal.operator.scaling`, the shared loop of `shoal.scaler.loop`) changes them, changed
+bounds included, and posts the Scaled Events. Status is split the same way, between writers
+that never write the same key: this reconciler owns ``queueName``, ``deployment``,
+``conditions`` and ``observedGeneration``; the autoscaler owns the counts and replicas
+(``pending``, which holds the ready jobs, ``running``, ``replicas``, ``desiredReplicas``,
+``lastScaleTime``, ``lastScaleReason``) and their gauges. Both send merge patches of their
+own keys only, so neither clobbers the other.
 
 The Deployment is converged whenever the spec is valid, even if the operator cannot reach
 the database right now: its content does not depend on the database (workers get the URL
@@ -39,7 +46,7 @@ from shoal.operator.deployment import Owner, build_deployment, drift_patch, temp
 from shoal.operator.naming import TEMPLATE_HASH_ANNOTATION, deployment_name
 from shoal.operator.problems import Problem
 from shoal.operator.queue_config import queue_config
-from shoal.operator.replicas import replicas_to_set
+from shoal.operator.queue_spec import QueueSpec, parse_queue_spec, scaling_policy
 from shoal.operator.sources import database_pool, database_url
 from shoal.queues import QueueConfig, get_queue, put_queue
 
@@ -82,18 +89,15 @@ def _config_changes(before: QueueConfig | None, after: QueueConfig) -> str | Non
     return f"updated queue {after.name!r}: {', '.join(changed)}" if changed else None
 
 
-async def converge_deployment(owner: Owner, queue_name: str, spec: Mapping[str, Any],
-                              emit: Emit) -> dict[str, Any]:
-    """Create the worker Deployment, or patch it back to what the spec says (keeping a
-    replica count within bounds, which the autoscaler may own). Returns the live object."""
-    autoscaling = spec.get("autoscaling") or {}
+async def converge_deployment(owner: Owner, spec: QueueSpec, emit: Emit) -> dict[str, Any]:
+    """Create the worker Deployment (at the Queue's floor), or patch it back to what the spec
+    says, replicas excepted (the autoscaler owns them). Returns the live object."""
     name = deployment_name(owner.name)
     live = await kube.read_deployment(owner.namespace, name)
     if live is None:
-        replicas = replicas_to_set(autoscaling, None) or 0
+        replicas = scaling_policy(spec).effective_min
         try:
-            live = await kube.create_deployment(owner.namespace,
-                                                build_deployment(owner, queue_name, spec, replicas))
+            live = await kube.create_deployment(owner.namespace, build_deployment(owner, spec, replicas))
             emit("Normal", "DeploymentCreated", f"created Deployment {name} with {replicas} replica(s)")
             return live
         except kube.AlreadyExists:  # another replica (or handler) was first: converge that one
@@ -106,22 +110,16 @@ async def converge_deployment(owner: Owner, queue_name: str, spec: Mapping[str, 
         raise Problem(DEPLOYMENT_AVAILABLE, "DeploymentConflict",
                       f"metadata.name: Deployment {name} already exists and is controlled by "
                       f"{controller.get('kind')} {controller.get('name')}; delete it or rename this Queue")
-    current = (live.get("spec") or {}).get("replicas")
-    replicas = replicas_to_set(autoscaling, current)
-    desired = build_deployment(owner, queue_name, spec, replicas if replicas is not None else int(current or 0))
-    patch = drift_patch(live, desired, replicas)
+    desired = build_deployment(owner, spec, int((live.get("spec") or {}).get("replicas") or 0))
+    patch = drift_patch(live, desired)
     if patch is None:
         return live
     before_hash = (live.get("metadata", {}).get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION)
     live = await kube.patch_deployment(owner.namespace, name, patch)
     if before_hash != template_hash(desired["spec"]["template"]):
         emit("Normal", "DeploymentUpdated", f"updated Deployment {name} to the Queue's spec")
-    elif "template" in patch.get("spec", {}) or "metadata" in patch:
+    else:
         emit("Normal", "DriftCorrected", f"restored Deployment {name}: it had been changed outside the Queue")
-    if replicas is not None and replicas != current:
-        direction = "up" if replicas > int(current or 0) else "down"
-        metrics.SCALE_EVENTS.labels(queue_name, direction).inc()
-        emit("Normal", "Scaled", f"set Deployment {name} to {replicas} replica(s) (Queue autoscaling bounds)")
     return live
 
 
@@ -139,12 +137,12 @@ async def reconcile_queue(*, name: str, namespace: str, uid: str, spec: Mapping[
     retry: Problem | None = None
     causes: list[Condition] = []
     try:
-        config = queue_config(namespace, name, spec)
+        parsed = parse_queue_spec(namespace, name, spec)
+        config = queue_config(parsed)
         owner = Owner(name=name, namespace=namespace, uid=uid)
-        build_deployment(owner, config.name, spec, 0)  # validates what the Deployment needs
-    except (ValidationError, KeyError) as exc:
-        message = str(exc) if isinstance(exc, ValidationError) else f"spec.{exc.args[0]}: required; set it"
-        causes = [Condition.false(SPEC_VALID, "InvalidSpec", f"{message}")]
+        build_deployment(owner, parsed, 0)  # validates what the Deployment needs (metadata.name)
+    except ValidationError as exc:
+        causes = [Condition.false(SPEC_VALID, "InvalidSpec", str(exc))]
         causes += [Condition.unknown(t, "SpecInvalid", "not checked while the spec is invalid")
                    for t in (DATABASE_REACHABLE, QUEUE_DECLARED, DEPLOYMENT_AVAILABLE)]
         return _finish(causes, previous, now, generation, {}, events, None)
@@ -155,7 +153,7 @@ async def reconcile_queue(*, name: str, namespace: str, uid: str, spec: Mapping[
 
     db_causes: list[Condition] = []
     try:
-        url = await database_url(namespace, spec.get("databaseSecretRef") or {})
+        url = await database_url(namespace, parsed.database_secret_ref)
         pool = await database_pool(databases, url)
         db_causes.append(Condition.true(DATABASE_REACHABLE, "Connected", "the database is reachable and migrated"))
         before = await get_queue(pool, config.name)
@@ -178,7 +176,7 @@ async def reconcile_queue(*, name: str, namespace: str, uid: str, spec: Mapping[
     causes += db_causes
 
     try:
-        live = await converge_deployment(owner, config.name, spec, emit)
+        live = await converge_deployment(owner, parsed, emit)
         causes.append(availability(live))
     except Problem as problem:
         causes.append(problem.condition())
@@ -207,13 +205,18 @@ async def delete_queue_resources(*, name: str, namespace: str, spec: Mapping[str
     events: list[tuple[str, str, str]] = []
     if await kube.delete_deployment(namespace, deployment_name(name)):
         events.append(("Normal", "DeploymentDeleted", f"deleted Deployment {deployment_name(name)}"))
-    if spec.get("deletionPolicy", "Retain") != "Delete":
+    try:
+        parsed = parse_queue_spec(namespace, name, spec)
+    except ValidationError as exc:  # nothing can be trusted to say which jobs to delete: keep them
+        events.append(("Warning", "JobsKept", f"{exc}; the queue's jobs in Postgres were kept"))
         return events
-    config = queue_config(namespace, name, spec)
-    url = await database_url(namespace, spec.get("databaseSecretRef") or {})
+    if parsed.deletion_policy != "Delete":
+        return events
+    url = await database_url(namespace, parsed.database_secret_ref)
     pool = await database_pool(databases, url)
     async with pool.acquire() as conn:
-        await delete_queue(conn, config.name, delete_jobs=True)
-    metrics.forget_queue(config.name)
-    events.append(("Normal", "JobsDeleted", f"deleted queue {config.name!r} and its jobs (deletionPolicy: Delete)"))
+        await delete_queue(conn, parsed.queue_name, delete_jobs=True)
+    metrics.forget_queue(parsed.queue_name)
+    events.append(("Normal", "JobsDeleted",
+                   f"deleted queue {parsed.queue_name!r} and its jobs (deletionPolicy: Delete)"))
     return events

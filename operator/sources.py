@@ -3,7 +3,6 @@ or into a `Problem` whose message names the field to fix."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -12,12 +11,13 @@ from shoal.operator import kube
 from shoal.operator.conditions import DATABASE_REACHABLE, QUEUE_FOUND
 from shoal.operator.databases import Databases
 from shoal.operator.problems import Problem
+from shoal.operator.queue_spec import SecretRef
 
 
-async def database_url(namespace: str, secret_ref: Mapping[str, Any], *, where: str = "") -> str:
+async def database_url(namespace: str, secret_ref: SecretRef, *, where: str = "") -> str:
     """The PostgreSQL URL from ``spec.databaseSecretRef`` (``where`` prefixes the field when the
     reference lives on another resource, e.g. a CronJob's Queue)."""
-    name, key = secret_ref.get("name", ""), secret_ref.get("key") or "url"
+    name, key = secret_ref.name, secret_ref.key
     field = f"{where}spec.databaseSecretRef"
     try:
         value = await kube.read_secret_value(namespace, name, key)

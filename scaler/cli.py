@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from shoal.config import database_url
+from shoal.errors import ValidationError
+from shoal.scaler.decision import Policy, translate_error
 
 if TYPE_CHECKING:
     from shoal.queues import StateCounts
@@ -46,14 +48,30 @@ def register(sub: Any) -> None:
     up.set_defaults(handler=run_up)
 
 
+# The decision's names for the knobs `shoal up` takes as flags: its errors name the flag.
+FLAGS = {"min_replicas": "--min-workers", "max_replicas": "--max-workers", "concurrency": "--concurrency",
+         "scale_down_delay": "--scale-down-delay"}
+
+
+def up_policy(args: argparse.Namespace) -> Policy:
+    """The scaling knobs from the flags (``--min-workers 0`` allows scaling to zero). Raises
+    ValidationError naming the flag. Pause and limits are not flags: the loop reads them from
+    the queue (`shoal queue pause`, `shoal queue create --rate-limit`), like the workers do."""
+    try:
+        return Policy(min_replicas=args.min_workers, max_replicas=args.max_workers, concurrency=args.concurrency,
+                      scale_down_delay=args.scale_down_delay, scale_to_zero=args.min_workers == 0)
+    except ValidationError as exc:
+        raise translate_error(exc, FLAGS) from None
+
+
 async def run_up(args: argparse.Namespace) -> int:
     from shoal.client import NewJob, enqueue_many
     from shoal.migrate import migrate
     from shoal.queues import declare_queue
-    from shoal.scaler.decision import Policy
-    from shoal.scaler.local import LocalWorkers
-    from shoal.scaler.loop import Autoscaler, EnqueueWakeups, create_measure_pool
+    from shoal.scaler.local import LocalWorkers, local_autoscaler
+    from shoal.scaler.loop import EnqueueWakeups, create_measure_pool
 
+    policy = up_policy(args)  # before anything starts: a bad flag is one line, exit 2
     url = database_url(args.database_url, required=False)
     embedded = None
     if not url:
@@ -66,13 +84,10 @@ async def run_up(args: argparse.Namespace) -> int:
     await migrate(url)
     pool = await create_measure_pool(url)
     await declare_queue(pool, args.queue)
-    policy = Policy(min_replicas=args.min_workers, max_replicas=args.max_workers, concurrency=args.concurrency,
-                    scale_down_delay=args.scale_down_delay, scale_to_zero=args.min_workers == 0)
     workers = LocalWorkers(url, args.queue, concurrency=args.concurrency, tasks=args.tasks,
                            log_dir=str(Path(args.data_dir).parent / "logs"))
     wakeups = EnqueueWakeups(url)
-    scaler = Autoscaler(queue=args.queue, pool=pool, target=workers, policy=lambda: policy,
-                        interval=args.interval, wakeups=wakeups)
+    scaler = local_autoscaler(workers, pool, policy, interval=args.interval, wakeups=wakeups)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,7 +159,9 @@ class Status:
         return rows[0], last_id
 
     def line(self, c: StateCounts, last_id: int, now: float) -> str:
-        pending = c.ready + c.scheduled
+        # "pending" as the jobs' state: ready now or scheduled for later (the autoscaler counts
+        # only the ready ones; its reason at the end of the line says so).
+        not_started = c.ready + c.scheduled
         kinds = {c.kind("ready"), c.kind("scheduled")}
         mark = "~" if "estimated" in kinds else ">" if "more_than" in kinds else ""
         left = backlog(c)
@@ -158,7 +175,7 @@ class Status:
         else:
             rates = f"enqueued/s {'-':>7}  done/s {done:>7}"
         self.last = (now, last_id, left)
-        return f"pending {mark + str(pending):>8}  running {c.shown('running'):>5}  {rates}"
+        return f"pending {mark + str(not_started):>8}  running {c.shown('running'):>5}  {rates}"
 
 
 def backlog(c: StateCounts) -> int | None:

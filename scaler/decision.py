@@ -9,7 +9,7 @@ processes (`shoal up`).
 The model, in order (see docs/autoscaling.md for a worked example):
 
 1. **Need.** ``ceil((ready + running) / target_per_replica)``. Running jobs count as work:
-   a scaler that counts only pending rows sees an empty backlog the moment workers are
+   a scaler that counts only ready rows sees an empty backlog the moment workers are
    saturated, scales down, the backlog grows again, and it flaps.
 2. **Useful.** Replicas that the queue's global concurrency cap or rate limit would leave
    idle are never added (see `useful_replicas`).
@@ -26,9 +26,10 @@ The model, in order (see docs/autoscaling.md for a worked example):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from shoal.errors import ValidationError
 
@@ -92,44 +93,51 @@ class Observation:
 
 @dataclass(frozen=True, kw_only=True)
 class Policy:
-    """A queue's autoscaling knobs; the defaults are the Queue CRD's ``spec.autoscaling`` defaults.
+    """A queue's autoscaling knobs, in the decision's own names.
 
-    `concurrency` is how many jobs one pod runs at once. `target_per_replica` is how many
-    jobs in the system (ready + running) one replica should account for; None means
-    `concurrency`, i.e. "enough pods that every job could be running now". A higher value
-    trades latency for fewer pods. `rate_limit` (jobs/s) and `concurrency_limit` (jobs
-    running at once, across all pods) are the queue's global limits, used only to avoid
-    adding replicas that could not get work. Expected job duration is deliberately not a
-    knob: it is rarely known up front, and when it matters (rate limits) it is estimated
-    from what is measured.
+    Each backend maps its own spelling onto these (the operator a Queue's
+    ``spec.autoscaling``, `shoal up` its ``--min-workers`` flags) and supplies its own
+    defaults: the bounds have none here, so the Queue CRD's defaults live in one place
+    (`shoal.operator.queue_spec`). Errors name these fields; `translate_error` turns them
+    into the caller's names.
+
+    `concurrency` is how many jobs one replica runs at once. `target_per_replica` is how
+    many jobs in the system (ready + running) one replica should account for; None means
+    `concurrency`, i.e. "enough replicas that every job could be running now". A higher
+    value trades latency for fewer replicas. `rate_limit` (jobs/s) and `concurrency_limit`
+    (jobs running at once, across all replicas) are the queue's global limits, used only to
+    avoid adding replicas that could not get work. Expected job duration is deliberately
+    not a knob: it is rarely known up front, and when it matters (rate limits) it is
+    estimated from what is measured.
     """
 
-    min_replicas: int = 1
-    max_replicas: int = 10
-    concurrency: int = 1
+    min_replicas: int
+    max_replicas: int
+    concurrency: int
+    scale_down_delay: float
     target_per_replica: int | None = None
-    scale_down_delay: float = 60.0
     scale_to_zero: bool = False
     rate_limit: float | None = None
     concurrency_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
-            raise ValidationError("minReplicas", "must be >= 0")
+            raise ValidationError("min_replicas", "must be >= 0")
         if self.max_replicas < 1:
-            raise ValidationError("maxReplicas", "must be >= 1")
-        if self.max_replicas < self.min_replicas:
-            raise ValidationError("maxReplicas", f"must be >= minReplicas ({self.min_replicas})")
+            raise ValidationError("max_replicas", "must be >= 1")
+        if self.min_replicas > self.max_replicas:
+            raise ValidationError("min_replicas", f"must be <= max_replicas ({self.max_replicas}); lower it "
+                                                  "or raise max_replicas")
         if self.concurrency < 1:
             raise ValidationError("concurrency", "must be >= 1")
         if self.target_per_replica is not None and self.target_per_replica < 1:
-            raise ValidationError("targetPerReplica", "must be >= 1")
+            raise ValidationError("target_per_replica", "must be >= 1")
         if not (math.isfinite(self.scale_down_delay) and self.scale_down_delay >= 0):
-            raise ValidationError("scaleDownDelaySeconds", "must be a finite number >= 0")
+            raise ValidationError("scale_down_delay", "must be a finite number of seconds >= 0")
         if self.rate_limit is not None and not (math.isfinite(self.rate_limit) and self.rate_limit > 0):
-            raise ValidationError("rateLimit", "must be > 0 jobs/s, or None for no limit")
+            raise ValidationError("rate_limit", "must be > 0 jobs/s, or None for no limit")
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
-            raise ValidationError("concurrencyLimit", "must be >= 1, or None for no limit")
+            raise ValidationError("concurrency_limit", "must be >= 1, or None for no limit")
 
     @property
     def target(self) -> int:
@@ -138,7 +146,7 @@ class Policy:
 
     @property
     def effective_min(self) -> int:
-        """The lowest replica count the decision may return.
+        """The lowest replica count the decision may return (and a new Deployment starts at).
 
         Without `scale_to_zero` the floor is at least 1 even if `min_replicas` is 0: a queue
         that must not sleep keeps one worker. With it, 0 is reachable, but only after the
@@ -153,39 +161,24 @@ class Policy:
 
     @property
     def autoscaling_enabled(self) -> bool:
-        """False when there is nothing to decide (minReplicas == maxReplicas, no scale to zero).
+        """False when there is nothing to decide (min_replicas == max_replicas, no scale to zero).
 
-        The control loops treat that as "autoscaling off" and leave the replica count to
-        whoever else owns it (an HPA or KEDA, see docs/autoscaling.md). `decide` still
-        answers with that fixed count.
+        A backend where someone else may own the count (Kubernetes: an HPA or KEDA, see
+        docs/autoscaling.md) treats that as "autoscaling off" and leaves replicas alone; one
+        where nobody else does (`shoal up`) applies the fixed count. `decide` answers with
+        that fixed count either way.
         """
         return self.scale_to_zero or self.min_replicas != self.max_replicas
 
-    @classmethod
-    def from_spec(
-        cls,
-        autoscaling: Mapping[str, Any],
-        *,
-        concurrency: int,
-        rate_limit: float | None = None,
-        concurrency_limit: int | None = None,
-    ) -> Policy:
-        """Build a policy from a Queue's ``spec.autoscaling`` (camelCase keys, CRD defaults).
 
-        Unknown keys (such as ``pollIntervalSeconds``, which belongs to the loop, not the
-        decision) are ignored here.
-        """
-        target = autoscaling.get("targetPerReplica")
-        return cls(
-            min_replicas=int(autoscaling.get("minReplicas", 1)),
-            max_replicas=int(autoscaling.get("maxReplicas", 10)),
-            concurrency=concurrency,
-            target_per_replica=None if target is None else int(target),
-            scale_down_delay=float(autoscaling.get("scaleDownDelaySeconds", 60)),
-            scale_to_zero=bool(autoscaling.get("scaleToZero", False)),
-            rate_limit=rate_limit,
-            concurrency_limit=concurrency_limit,
-        )
+def translate_error(exc: ValidationError, names: Mapping[str, str]) -> ValidationError:
+    """`exc` (raised by `Policy`) in the caller's vocabulary: its field and every policy field
+    its message mentions renamed through `names` (e.g. ``min_replicas`` → ``--min-workers``
+    or ``spec.autoscaling.minReplicas``), so a user reads the name they typed."""
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b")
+    field = names.get(exc.field, exc.field)
+    message = str(exc).removeprefix(f"{exc.field}: ")
+    return ValidationError(field, pattern.sub(lambda m: names[m.group(1)], message))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,7 +280,7 @@ def _recommend(obs: Observation, policy: Policy) -> tuple[int, str]:
         why += f"; backlog is only a lower bound, keeping {obs.current_replicas}"
     if rec > policy.max_replicas:
         rec = policy.max_replicas
-        why += f"; maxReplicas is {policy.max_replicas}"
+        why += f"; maximum is {policy.max_replicas}"
     cap, cap_why = useful_replicas(obs, policy)
     if cap is not None and rec > cap:
         rec = cap
@@ -295,7 +288,7 @@ def _recommend(obs: Observation, policy: Policy) -> tuple[int, str]:
     if rec == 0 and policy.scale_to_zero:
         return 0, why
     if rec < policy.active_min:
-        # minReplicas wins over the usefulness caps: the user asked for those pods.
+        # The minimum wins over the usefulness caps: the user asked for those replicas.
         rec = policy.active_min
         why += f"; minimum is {policy.active_min}"
     return rec, why

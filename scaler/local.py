@@ -2,7 +2,8 @@
 
 Scale-down sends SIGTERM (the worker drains and releases what it cannot finish); a worker
 that dies on its own (crash, kill -9) is replaced on the next tick, and the jobs it held
-are rescued by the heartbeat mechanism like on Kubernetes.
+are rescued by the heartbeat mechanism like on Kubernetes. `local_autoscaler` is the loop
+`shoal up` runs: the same `Autoscaler` the operator runs, with these processes as target.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from shoal.scaler.decision import Decision
+import asyncpg
+
+from shoal.scaler.decision import Decision, Policy
+from shoal.scaler.loop import Autoscaler, EnqueueWakeups
 
 log = logging.getLogger("shoal.scaler.local")
 
@@ -97,8 +101,19 @@ class LocalWorkers:
         everyone = self.procs + self.stopping
         self.procs, self.stopping = [], []
         if everyone:
-            done, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in everyone], timeout=timeout)
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in everyone], timeout=timeout)
             for p in everyone:
                 if p.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
+
+
+def local_autoscaler(workers: LocalWorkers, pool: asyncpg.Pool, policy: Policy, *, interval: float = 1.0,
+                     wakeups: EnqueueWakeups | None = None) -> Autoscaler:
+    """The control loop of `shoal up`: `workers` scaled within `policy`'s bounds.
+
+    A fixed count (min == max) is applied, not left alone: nobody else owns these processes.
+    Pause and flow control come from the queue's row, like for the operator's loop.
+    """
+    return Autoscaler(target=workers, queue=workers.queue, pool=pool, policy=lambda: policy, interval=interval,
+                      wakeups=wakeups, hands_off_when_fixed=False, name=f"local queue {workers.queue!r}")

@@ -3,6 +3,7 @@ rendered manifest of a kind Kubernetes knows is validated with kubernetes-valida
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -45,6 +46,8 @@ VARIANTS: dict[str, list[str]] = {
     "dashboard-on": ["dashboard.enabled=true", "dashboard.namespace=monitoring"],
     "migrations-off": ["migrations.enabled=false"],
     "one-replica": ["operator.replicas=1"],
+    "crds-off": ["crds.install=false"],
+    "crds-unkept": ["crds.keep=false"],
     "everything": [
         f"database.url={DB_URL}",
         "monitoring.operator.enabled=true",
@@ -340,6 +343,7 @@ EXPECTED_RBAC = {
     ("apps", "deployments/scale"): {"get", "patch"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
+    ("", "pods"): {"patch"},
     ("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
@@ -397,6 +401,7 @@ BAD_VALUES = [
     (["monitoring.workers.interval=soon"], "/monitoring/workers/interval"),
     (["migrations.enabled=maybe"], "/migrations/enabled"),
     (["operatr.replicas=2"], "operatr"),
+    (["crds.install=maybe"], "/crds/install"),
 ]
 
 
@@ -424,15 +429,32 @@ def repo_crds() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((REPO_ROOT / "crds").glob("*.yaml"))}
 
 
+SHOAL_CRDS = {"queues.shoal.dev", "cronjobs.shoal.dev"}
+KEEP = "helm.sh/resource-policy"
+
+
+@cache
+def templates_only(*sets: str) -> tuple[dict[str, Any], ...]:
+    """What the release itself manages, i.e. what `helm upgrade` applies: the templates, not
+    the crds/ folder (Helm installs that once and never upgrades it)."""
+    proc = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *set_args(sets))
+    return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def crds_by_name(docs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in find(docs, "CustomResourceDefinition")}
+
+
 def test_chart_crds_identical_to_repo_crds() -> None:
     source = repo_crds()
-    hint = "run: python scripts/sync_chart_crds.py (it copies crds/*.yaml into charts/shoal/crds/)"
+    hint = "run: python scripts/sync_chart_crds.py (it copies crds/*.yaml into charts/shoal/files/crds/)"
     assert source, f"no CRDs in crds/*.yaml yet; once they exist, {hint}"
-    chart_dir = CHART / "crds"
     for name, content in source.items():
-        copy = chart_dir / name
-        assert copy.is_file(), f"charts/shoal/crds/{name} is missing; {hint}"
-        assert copy.read_bytes() == content, f"charts/shoal/crds/{name} differs from crds/{name}; {hint}"
+        chart_copy = CHART / "files" / "crds" / name
+        assert chart_copy.is_file(), f"charts/shoal/files/crds/{name} is missing; {hint}"
+        assert chart_copy.read_bytes() == content, f"charts/shoal/files/crds/{name} differs from crds/{name}; {hint}"
+    # The crds/ folder (installed once, never upgraded) holds only kopf's peering CRDs.
+    assert sorted(p.name for p in (CHART / "crds").glob("*")) == ["kopf-peering.yaml"]
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "sync_chart_crds.py"), "--check"],
         capture_output=True,
@@ -446,6 +468,33 @@ def test_rendered_crds_include_shoal_kinds() -> None:
     docs = render("defaults")
     kinds = {(d["spec"]["group"], d["spec"]["names"]["kind"]) for d in find(docs, "CustomResourceDefinition")}
     assert {("shoal.dev", "Queue"), ("shoal.dev", "CronJob")} <= kinds, kinds
+
+
+def test_helm_upgrade_updates_the_crds_and_uninstall_keeps_them() -> None:
+    """The Shoal CRDs are templates: part of what every `helm upgrade` applies, as in crds/
+    (only labels and the keep policy added), and kept by `helm uninstall`."""
+    crds = crds_by_name(templates_only())
+    assert set(crds) == SHOAL_CRDS, "the Shoal CRDs must be templates (Helm never upgrades crds/)"
+    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        source = yaml.safe_load(path.read_text())
+        rendered = copy.deepcopy(crds[source["metadata"]["name"]])
+        meta = rendered.pop("metadata")
+        assert rendered == {k: v for k, v in source.items() if k != "metadata"}, path.name
+        assert meta["annotations"] == {KEEP: "keep"}
+        assert source["metadata"]["labels"].items() <= meta["labels"].items()
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    # Only kopf's peering CRDs stay in crds/: the release's ClusterKopfPeering needs them first.
+    with_crds = crds_by_name(render("defaults"))
+    assert set(with_crds) - SHOAL_CRDS == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def test_crds_managed_elsewhere() -> None:
+    """crds.install=false renders no Shoal CRD (they are applied from crds/ by whoever owns
+    them); crds.keep=false drops the keep policy."""
+    assert not crds_by_name(templates_only("crds.install=false"))
+    assert set(crds_by_name(render("crds-off"))) == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    for crd in crds_by_name(templates_only("crds.keep=false")).values():
+        assert KEEP not in (crd["metadata"].get("annotations") or {})
 
 
 def test_notes_tell_what_to_do_next() -> None:

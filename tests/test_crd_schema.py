@@ -239,8 +239,25 @@ def test_printer_columns() -> None:
         cols = CRDS[plural]["spec"]["versions"][0]["additionalPrinterColumns"]
         return [c["name"] for c in cols if c.get("priority", 0) == 0]
 
-    assert names("queue") == ["Pending", "Running", "Replicas", "Age"]
+    assert names("queue") == ["Pending", "Running", "Replicas", "Ready", "Min", "Max", "Paused", "Age"]
     assert names("cronjob") == ["Schedule", "Suspend", "Last Schedule", "Next Schedule", "Age"]
+    wide = [c["name"] for c in CRDS["queue"]["spec"]["versions"][0]["additionalPrinterColumns"]]
+    # Pending, Running, Replicas, Ready and (wide) Queue keep the places they had: scripts read them by position.
+    assert wide[:5] == ["Pending", "Running", "Replicas", "Ready", "Queue"]
+    queue = {c["name"]: c for c in CRDS["queue"]["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert queue["Min"]["jsonPath"] == ".spec.autoscaling.minReplicas"
+    assert queue["Max"]["jsonPath"] == ".spec.autoscaling.maxReplicas"
+    assert queue["Paused"]["jsonPath"] == ".spec.paused" and queue["Paused"]["type"] == "boolean"
+    assert queue["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+
+
+def test_docs_describe_the_queue_columns() -> None:
+    """docs/kubernetes.md shows the columns `kubectl get queues` prints, in their order."""
+    cols = CRDS["queue"]["spec"]["versions"][0]["additionalPrinterColumns"]
+    default = " ".join(["NAME", *(c["name"].upper() for c in cols if c.get("priority", 0) == 0)])
+    wide = " ".join(["NAME", *(c["name"].upper() for c in cols)])
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    assert default in docs and wide in docs, (default, wide)
 
 
 @pytest.mark.parametrize("manifest", GOOD)
@@ -277,3 +294,122 @@ def test_defaults_are_filled_in() -> None:
     assert (spec["timeZone"], spec["priority"], spec["suspend"], spec["concurrencyPolicy"]) == \
         ("UTC", 0, False, "Allow")
     assert "startingDeadlineSeconds" not in spec and "payload" not in spec
+
+
+# --------------------------------------------------------------------------- the pod template's Kubernetes types
+
+
+def queue(worker: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
+            "spec": {"databaseSecretRef": {"name": "db"}, "worker": {"image": "img:1", **worker}}}
+
+
+FULL_WORKER: dict[str, Any] = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "env": [{"name": "A", "value": "1"},
+            {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": True}}},
+            {"name": "C", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}],
+    "envFrom": [{"configMapRef": {"name": "cfg"}}, {"prefix": "S_", "secretRef": {"name": "sec"}}],
+    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": 2, "memory": "1Gi"}},
+    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}},
+                {"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 420, "items": [{"key": "a", "path": "a"}]}},
+                {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+                    "metadata": {"labels": {"a": "b"}},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}],
+    "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True}],
+    "nodeSelector": {"disk": "ssd"},
+    "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}],
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                "labelSelector": {"matchLabels": {"shoal.dev/queue": "q"}}}}]}},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "ScheduleAnyway",
+                                   "labelSelector": {"matchLabels": {"shoal.dev/queue": "q"}}}],
+    "priorityClassName": "batch-low",
+    "podLabels": {"team": "mail", "example.com/cost-center": "42"},
+    "podAnnotations": {"a": "b"},
+    "drainTimeoutSeconds": 600,
+}
+
+
+def test_a_full_pod_template_passes() -> None:
+    assert validate(queue(FULL_WORKER)) == []
+
+
+@pytest.mark.parametrize(("worker", "field"), [
+    ({"resources": {"requets": {"cpu": "1"}}}, "spec.worker.resources.requets"),
+    ({"resources": {"limits": {"memory": "128MB"}}}, "spec.worker.resources.limits.memory"),
+    ({"resources": {"limits": {"cpu": [1]}}}, "spec.worker.resources.limits.cpu"),
+    ({"env": [{"name": "A", "valeu": "1"}]}, "spec.worker.env[0].valeu"),
+    ({"env": [{"value": "1"}]}, "spec.worker.env[0].name"),
+    ({"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"nme": "s", "key": "k"}}}]},
+     "spec.worker.env[0].valueFrom.secretKeyRef.nme"),
+    ({"envFrom": [{"configMap": {"name": "c"}}]}, "spec.worker.envFrom[0].configMap"),
+    ({"tolerations": [{"key": "k", "operater": "Exists"}]}, "spec.worker.tolerations[0].operater"),
+    ({"tolerations": [{"key": "k", "tolerationSeconds": "soon"}]}, "spec.worker.tolerations[0].tolerationSeconds"),
+    ({"affinity": {"nodeAfinity": {}}}, "spec.worker.affinity.nodeAfinity"),
+    ({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1}]}}},
+     "spec.worker.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm"),
+    ({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]},
+     "spec.worker.topologySpreadConstraints[0].whenUnsatisfiable"),
+    ({"volumes": [{"name": "v", "configMap": {"nmae": "c"}}]}, "spec.worker.volumes[0].configMap.nmae"),
+    ({"volumes": [{"name": "v", "emptyDir": {"sizeLimit": "lots"}}]}, "spec.worker.volumes[0].emptyDir.sizeLimit"),
+    ({"volumeMounts": [{"name": "v"}]}, "spec.worker.volumeMounts[0].mountPath"),
+    ({"imagePullSecrets": ["regcred"]}, "spec.worker.imagePullSecrets[0]"),
+    ({"imagePullSecrets": [{"nane": "regcred"}]}, "spec.worker.imagePullSecrets[0].nane"),
+    ({"priorityClassName": ""}, "spec.worker.priorityClassName"),
+    ({"podLabels": {"team": 7}}, "spec.worker.podLabels.team"),
+    ({"drainTimeoutSeconds": -1}, "spec.worker.drainTimeoutSeconds"),
+    ({"drainTimeoutSeconds": 1.5}, "spec.worker.drainTimeoutSeconds"),
+    ({"drainTimeoutSeconds": 86401}, "spec.worker.drainTimeoutSeconds"),
+])
+def test_pod_template_mistakes_are_refused(worker: dict[str, Any], field: str) -> None:
+    errors = validate(queue(worker))
+    assert {f for f, _ in errors} == {field}, errors
+
+
+@pytest.mark.parametrize("label", ["shoal.dev/queue", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by"])
+def test_the_operators_pod_labels_are_refused_by_cel(label: str) -> None:
+    errors = validate(queue({"podLabels": {"team": "x", label: "mine"}}))
+    assert [f for f, _ in errors] == ["spec.worker.podLabels"] and "operator's" in errors[0][1], errors
+    assert validate(queue({"podLabels": {"app.kubernetes.io/part-of": "mail"}})) == []
+
+
+def _worker_schema() -> dict[str, Any]:
+    return _kind_schema("Queue")["properties"]["spec"]["properties"]["worker"]  # type: ignore[no-any-return]
+
+
+def test_kubernetes_types_are_kubernetes_schemas_not_free_form() -> None:
+    """The typed fields are Kubernetes' own schemas (for the oldest Kubernetes the chart
+    supports), generated by scripts/sync_chart_crds.py; nothing under spec preserves unknown
+    fields, so the API server refuses a typo instead of storing it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_chart_crds", REPO / "scripts" / "sync_chart_crds.py")
+    assert spec and spec.loader
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    version = sync.kubernetes_version()
+    props = _worker_schema()["properties"]
+    typed = {"imagePullSecrets": "[]LocalObjectReference", "env": "[]EnvVar", "envFrom": "[]EnvFromSource",
+             "resources": "ResourceRequirements", "volumes": "[]Volume", "volumeMounts": "[]VolumeMount",
+             "tolerations": "[]Toleration", "affinity": "Affinity",
+             "topologySpreadConstraints": "[]TopologySpreadConstraint"}
+    for field, kind in typed.items():
+        as_list = kind.startswith("[]")
+        expected = sync.kubernetes_schema(f"io.k8s.api.core.v1.{kind.removeprefix('[]')}", as_list, version)
+        node = {k: v for k, v in props[field].items() if k != "description"}
+        assert node == expected, f"spec.worker.{field}: run python scripts/sync_chart_crds.py"
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        assert not node.get("x-kubernetes-preserve-unknown-fields"), path
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{path}.{key}")
+
+    walk(_kind_schema("Queue")["properties"]["spec"], "spec")

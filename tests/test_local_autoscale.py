@@ -1,7 +1,13 @@
-"""The local backend (`shoal up`): the autoscaler drives real `shoal worker` processes."""
+"""The local backend (`shoal up`): the autoscaler drives real `shoal worker` processes.
+
+The loop under test is the one `shoal up` builds (`shoal.scaler.local.local_autoscaler`, with
+`shoal.scaler.cli.up_policy` for its flags): the shared `Autoscaler`, real PostgreSQL, real
+worker processes.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -13,9 +19,11 @@ import pytest
 from helpers import TESTS_DIR, eventually
 from shoal import client, queues
 from shoal.client import NewJob
+from shoal.errors import ValidationError
+from shoal.scaler.cli import up_policy
 from shoal.scaler.decision import Policy
-from shoal.scaler.local import LocalWorkers
-from shoal.scaler.loop import Autoscaler, EnqueueWakeups, create_measure_pool
+from shoal.scaler.local import LocalWorkers, local_autoscaler
+from shoal.scaler.loop import EnqueueWakeups, TickReport, create_measure_pool
 
 FAST = ["--heartbeat-interval", "0.5", "--stale-after", "3", "--poll-interval", "0.2"]
 
@@ -24,14 +32,20 @@ async def succeeded(conn: asyncpg.Connection, n: int) -> bool:
     return await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE state = 'succeeded'") >= n
 
 
+def flags(min_workers: int, max_workers: int, concurrency: int, scale_down_delay: float) -> Policy:
+    """The policy `shoal up` builds from these flags."""
+    return up_policy(argparse.Namespace(min_workers=min_workers, max_workers=max_workers, concurrency=concurrency,
+                                        scale_down_delay=scale_down_delay))
+
+
 async def start(db_url: str, queue: str, policy: Policy, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`shoal up`'s loop and workers for `queue`, running; returns (workers, scaler, close)."""
     os.environ["PYTHONPATH"] = str(TESTS_DIR)
     pool = await create_measure_pool(db_url)
     workers = LocalWorkers(db_url, queue, concurrency=policy.concurrency, tasks=["worker_tasks"],
                            extra_args=FAST, log_dir=str(tmp_path))
     wakeups = EnqueueWakeups(db_url)
-    scaler = Autoscaler(queue=queue, pool=pool, target=workers, policy=lambda: policy, interval=0.3,
-                        wakeups=wakeups)
+    scaler = local_autoscaler(workers, pool, policy, interval=0.3, wakeups=wakeups)
     stop = asyncio.Event()
     task = asyncio.create_task(scaler.run(stop))
 
@@ -42,15 +56,25 @@ async def start(db_url: str, queue: str, policy: Policy, tmp_path: Path):  # typ
         await wakeups.close()
         await pool.close()
 
-    return workers, close
+    return workers, scaler, close
+
+
+def test_up_flags_errors_name_the_flag() -> None:
+    with pytest.raises(ValidationError) as err:
+        flags(5, 4, 10, 5.0)
+    assert str(err.value) == "--min-workers: must be <= --max-workers (4); lower it or raise --max-workers"
+    with pytest.raises(ValidationError, match=r"^--min-workers: must be >= 0"):
+        flags(-1, 4, 10, 5.0)
+    with pytest.raises(ValidationError, match=r"^--scale-down-delay: "):
+        flags(0, 4, 10, -1.0)
+    assert flags(0, 4, 10, 5.0).scale_to_zero and not flags(1, 4, 10, 5.0).scale_to_zero
 
 
 @pytest.mark.slow
 async def test_burst_is_drained_by_several_processes_then_scaled_back(db_url: str, conn: asyncpg.Connection,
                                                                       tmp_path: Path) -> None:
     await queues.declare_queue(conn, "burst", keep_succeeded_seconds=3600)
-    policy = Policy(min_replicas=1, max_replicas=3, concurrency=5, scale_down_delay=1.5)
-    workers, close = await start(db_url, "burst", policy, tmp_path)
+    workers, _, close = await start(db_url, "burst", flags(1, 3, 5, 1.5), tmp_path)
     try:
         await eventually(lambda: asyncio.sleep(0, len(workers.procs) == 1), timeout=10)
         n = 600
@@ -68,8 +92,8 @@ async def test_burst_is_drained_by_several_processes_then_scaled_back(db_url: st
 async def test_killed_worker_is_replaced_and_no_job_lost(db_url: str, conn: asyncpg.Connection,
                                                          tmp_path: Path) -> None:
     await queues.declare_queue(conn, "kill", keep_succeeded_seconds=3600)
-    policy = Policy(min_replicas=2, max_replicas=2, concurrency=10, scale_down_delay=1)
-    workers, close = await start(db_url, "kill", policy, tmp_path)
+    # min == max: a fixed count, which `shoal up` applies (nobody else owns its processes).
+    workers, _, close = await start(db_url, "kill", flags(2, 2, 10, 1.0), tmp_path)
     try:
         await eventually(lambda: asyncio.sleep(0, len(workers.procs) == 2), timeout=10)
         n = 1000
@@ -81,5 +105,35 @@ async def test_killed_worker_is_replaced_and_no_job_lost(db_url: str, conn: asyn
                                                and len(workers.procs) == 2), timeout=15)
         await eventually(lambda: succeeded(conn, n), timeout=90, interval=0.3)
         assert await conn.fetchval("SELECT count(*) FROM shoal.jobs") == n
+    finally:
+        await close()
+
+
+@pytest.mark.slow
+async def test_up_never_scales_a_paused_queue_up(db_url: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """README: a paused queue never scales up. `shoal up`'s loop reads the pause from the queue's
+    row, where `shoal queue pause` writes it and the workers read it; resuming wakes it at once."""
+    await queues.declare_queue(conn, "held", keep_succeeded_seconds=3600)
+    await queues.set_paused(conn, "held", True)
+    workers, scaler, close = await start(db_url, "held", flags(0, 3, 5, 1.0), tmp_path)
+    seen: list[TickReport] = []
+    scaler.on_tick = seen.append  # observe every tick; the loop itself runs unchanged
+    try:
+        await client.enqueue_many(conn, [NewJob("held", "test.sleep_ms", {"ms": 20}) for _ in range(100)])
+
+        def paused_ticks() -> list[TickReport]:
+            """Ticks that measured, while paused, more backlog than 3 workers could take (the count
+            stops there: 3 workers x 5 jobs + 1)."""
+            return [t for t in seen if t.measurement.paused and t.measurement.ready_capped]
+
+        await eventually(lambda: asyncio.sleep(0, len(paused_ticks()) >= 5), timeout=30)
+        assert all(t.decision.desired == 0 and not t.scaled for t in paused_ticks()), paused_ticks()
+        assert "(queue paused: 16 ready not counted)" in paused_ticks()[-1].decision.reason
+        assert workers.procs == [] and workers.replaced == 0
+
+        await queues.set_paused(conn, "held", False)  # as `shoal queue resume held` does
+        await eventually(lambda: asyncio.sleep(0, len(workers.procs) == 3), timeout=30)
+        await eventually(lambda: succeeded(conn, 100), timeout=60, interval=0.3)
+        assert not any(t.scaled and t.decision.direction == "up" for t in seen if t.measurement.paused)
     finally:
         await close()

@@ -207,11 +207,13 @@ def startup_settings(registry: kopf.OperatorRegistry) -> kopf.OperatorSettings:
 
 
 def crd_has_status_subresource(group: str, plural: str) -> bool:
-    for path in sorted((CHART / "crds").glob("*.yaml")):
+    """From the CRDs the chart installs: its crds/ folder (kopf's) and files/crds/ (Shoal's,
+    rendered by templates/crds.yaml)."""
+    for path in sorted([*(CHART / "crds").glob("*.yaml"), *(CHART / "files" / "crds").glob("*.yaml")]):
         for crd in yaml.safe_load_all(path.read_text()):
             if crd and crd["spec"]["group"] == group and crd["spec"]["names"]["plural"] == plural:
                 return any("status" in (v.get("subresources") or {}) for v in crd["spec"]["versions"])
-    raise AssertionError(f"no CRD for {plural}.{group} in the chart's crds/")
+    raise AssertionError(f"no CRD for {plural}.{group} in the chart's crds/ or files/crds/")
 
 
 def kopf_needs(args: argparse.Namespace, registry: kopf.OperatorRegistry,
@@ -382,6 +384,7 @@ def test_endpoint_mapping() -> None:
         ("CoreV1Api", "list_namespace"): ("", "namespaces", "list"),
         ("CoreV1Api", "delete_collection_namespaced_pod"): ("", "pods", "deletecollection"),
         ("AppsV1Api", "replace_namespaced_deployment"): ("apps", "deployments", "update"),
+        ("CoreV1Api", "patch_namespaced_pod"): ("", "pods", "patch"),
     }
     for (cls, method), grant in cases.items():
         http, path = endpoint(getattr(kubernetes.client, cls), method)

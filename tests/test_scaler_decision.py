@@ -9,9 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.scaler.decision import Decision, Observation, Policy, ScalerState, decide, useful_replicas
+from shoal.errors import ValidationError
+from shoal.scaler.decision import (
+    Decision,
+    Observation,
+    Policy,
+    ScalerState,
+    decide,
+    translate_error,
+    useful_replicas,
+)
 
 FRESH = ScalerState()
+# The knobs these cases take unless they say otherwise (test values: Policy has no defaults for them).
+KNOBS: dict[str, object] = {"min_replicas": 1, "max_replicas": 10, "concurrency": 1, "scale_down_delay": 60.0}
+
+
+def knobs(**kw: object) -> Policy:
+    return Policy(**{**KNOBS, **kw})  # type: ignore[arg-type]
 
 
 def obs(ready: int = 0, running: int = 0, current: int = 1, now: float = 100.0, **kw: object) -> Observation:
@@ -28,8 +43,8 @@ class Case:
     reason_has: tuple[str, ...] = ()
 
 
-P100 = Policy(min_replicas=1, max_replicas=10, concurrency=100)
-ZERO = Policy(min_replicas=0, max_replicas=10, concurrency=100, scale_to_zero=True)
+P100 = knobs(min_replicas=1, max_replicas=10, concurrency=100)
+ZERO = knobs(min_replicas=0, max_replicas=10, concurrency=100, scale_to_zero=True)
 
 CASES = {
     # --- scale up: at once, to this tick's recommendation --------------------------------
@@ -74,7 +89,7 @@ CASES = {
         P100, obs(running=250, current=8), FRESH, 8, "none", ("hold 8",)
     ),
     "zero-delay-follows-at-once": Case(
-        Policy(concurrency=100, scale_down_delay=0),
+        knobs(concurrency=100, scale_down_delay=0),
         obs(running=250, current=8),
         ScalerState(recommendations=((99.9, 8),)),
         3,
@@ -99,7 +114,7 @@ CASES = {
         ("3→1", "idle for 50 s", "scale to zero after 60 s"),
     ),
     "no-zero-when-not-allowed": Case(
-        Policy(min_replicas=0, concurrency=100, scale_to_zero=False),
+        knobs(min_replicas=0, concurrency=100, scale_to_zero=False),
         obs(current=1),
         ScalerState(recommendations=((0.0, 1),), idle_since=0.0),
         1,
@@ -115,7 +130,7 @@ CASES = {
         ("1 running",),
     ),
     "zero-respects-min-when-awake": Case(
-        Policy(min_replicas=2, concurrency=100, scale_to_zero=True),
+        knobs(min_replicas=2, concurrency=100, scale_to_zero=True),
         obs(ready=1, current=0),
         ScalerState(recommendations=((0.0, 0),), idle_since=0.0),
         2,
@@ -143,22 +158,22 @@ CASES = {
     "wake-straight-to-need": Case(ZERO, obs(ready=250, current=0), FRESH, 3, "up", ("0→3",)),
     # --- clamps --------------------------------------------------------------------------------
     "clamp-to-max": Case(
-        Policy(concurrency=10, max_replicas=10),
+        knobs(concurrency=10, max_replicas=10),
         obs(ready=10_000, current=4),
         FRESH,
         10,
         "up",
-        ("4→10", "1000 replicas", "maxReplicas is 10"),
+        ("4→10", "1000 replicas", "maximum is 10"),
     ),
     "clamp-to-min": Case(
-        Policy(min_replicas=3, concurrency=10), obs(current=1), FRESH, 3, "up", ("1→3", "minimum is 3")
+        knobs(min_replicas=3, concurrency=10), obs(current=1), FRESH, 3, "up", ("1→3", "minimum is 3")
     ),
     "current-above-max-comes-down-at-once": Case(
-        Policy(concurrency=10, max_replicas=4), obs(ready=1000, current=9), FRESH, 4, "down", ("9→4",)
+        knobs(concurrency=10, max_replicas=4), obs(ready=1000, current=9), FRESH, 4, "down", ("9→4",)
     ),
     # --- the queue's global limits ------------------------------------------------------------
     "concurrency-cap": Case(
-        Policy(concurrency=10, max_replicas=20, concurrency_limit=35),
+        knobs(concurrency=10, max_replicas=20, concurrency_limit=35),
         obs(ready=1000, current=1),
         FRESH,
         4,
@@ -166,7 +181,7 @@ CASES = {
         ("1→4", "100 replicas", "concurrency limit 35 fills 4 replicas"),
     ),
     "rate-limit-duration-unknown": Case(
-        Policy(concurrency=10, max_replicas=20, rate_limit=50.0),
+        knobs(concurrency=10, max_replicas=20, rate_limit=50.0),
         obs(ready=1000, current=1),
         FRESH,
         5,
@@ -175,7 +190,7 @@ CASES = {
     ),
     "rate-limit-long-jobs-measured": Case(
         # 50 running at 5/s completed: jobs take 10 s, a busy pod does 1 job/s, 50 pods fill 50/s.
-        Policy(concurrency=10, max_replicas=100, rate_limit=50.0),
+        knobs(concurrency=10, max_replicas=100, rate_limit=50.0),
         obs(ready=1000, running=50, current=5, throughput=5.0),
         FRESH,
         50,
@@ -184,7 +199,7 @@ CASES = {
     ),
     "rate-limit-saturated-adds-nothing": Case(
         # 20 running at 10/s = the limit: 2 s jobs, 20 single-slot pods already fill it.
-        Policy(concurrency=1, max_replicas=100, rate_limit=10.0),
+        knobs(concurrency=1, max_replicas=100, rate_limit=10.0),
         obs(ready=1000, running=20, current=20, throughput=10.0),
         FRESH,
         20,
@@ -192,7 +207,7 @@ CASES = {
         ("steady at 20", "rate limit 10/s"),
     ),
     "min-wins-over-caps": Case(
-        Policy(min_replicas=6, concurrency=10, max_replicas=20, concurrency_limit=35),
+        knobs(min_replicas=6, concurrency=10, max_replicas=20, concurrency_limit=35),
         obs(ready=1000, current=6),
         FRESH,
         6,
@@ -232,7 +247,7 @@ def test_decision_table(case: Case) -> None:
 
 def test_burst_then_quiet_timeline() -> None:
     """One queue through a burst, a drain, idleness, sleep and a wake-up, tick by tick."""
-    policy = Policy(min_replicas=0, max_replicas=20, concurrency=100, scale_to_zero=True, scale_down_delay=60)
+    policy = knobs(min_replicas=0, max_replicas=20, concurrency=100, scale_to_zero=True, scale_down_delay=60)
     load = [(420, 30), (420, 30), (0, 250), (0, 250), (0, 0), (0, 0), (0, 0), (0, 0), (5, 0), (0, 0)]
     state, current, seen = FRESH, 2, []
     for tick, (ready, running) in enumerate(load):
@@ -244,7 +259,7 @@ def test_burst_then_quiet_timeline() -> None:
 
 
 def test_idle_tracking_and_restart() -> None:
-    policy = Policy(min_replicas=0, concurrency=10, scale_to_zero=True, scale_down_delay=30)
+    policy = knobs(min_replicas=0, concurrency=10, scale_to_zero=True, scale_down_delay=30)
     _, s1 = decide(obs(current=2, now=0.0), policy, FRESH)
     assert s1.idle_since == 0.0
     _, s2 = decide(obs(current=2, now=10.0), policy, s1)
@@ -252,7 +267,7 @@ def test_idle_tracking_and_restart() -> None:
     _, s3 = decide(obs(ready=1, current=2, now=11.0), policy, s2)
     assert s3.idle_since is None
     # A restarted loop (fresh state) holds what is running for a whole window before going down.
-    d, _ = decide(obs(current=7, now=500.0), Policy(concurrency=10), FRESH)
+    d, _ = decide(obs(current=7, now=500.0), knobs(concurrency=10), FRESH)
     assert d.desired == 7
 
 
@@ -272,7 +287,7 @@ def test_idle_tracking_and_restart() -> None:
 )
 def test_policy_rejects_nonsense(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        Policy(**kwargs)  # type: ignore[arg-type]
+        knobs(**kwargs)
 
 
 def test_observation_rejects_negative_counts() -> None:
@@ -282,40 +297,26 @@ def test_observation_rejects_negative_counts() -> None:
         obs(throughput=-1.0)
 
 
-def test_policy_from_spec_uses_crd_defaults() -> None:
-    p = Policy.from_spec({}, concurrency=8)
-    assert (p.min_replicas, p.max_replicas, p.target, p.scale_down_delay, p.scale_to_zero) == (
-        1,
-        10,
-        8,
-        60.0,
-        False,
-    )
-    assert p.autoscaling_enabled
-    q = Policy.from_spec(
-        {
-            "minReplicas": 0,
-            "maxReplicas": 3,
-            "targetPerReplica": 50,
-            "scaleDownDelaySeconds": 5,
-            "scaleToZero": True,
-        },
-        concurrency=8,
-        rate_limit=2.0,
-    )
-    assert (q.min_replicas, q.max_replicas, q.target, q.scale_down_delay, q.scale_to_zero) == (
-        0,
-        3,
-        50,
-        5.0,
-        True,
-    )
-    assert q.effective_min == 0 and q.rate_limit == 2.0
-    assert not Policy.from_spec({"minReplicas": 4, "maxReplicas": 4}, concurrency=1).autoscaling_enabled
+def test_policy_bounds_have_no_defaults() -> None:
+    """The bounds' defaults belong to each backend (the Queue CRD's live in shoal.operator.queue_spec)."""
+    with pytest.raises(TypeError):
+        Policy(concurrency=1, scale_down_delay=0.0)  # type: ignore[call-arg]
+
+
+def test_errors_speak_the_decisions_names_and_translate_to_the_callers() -> None:
+    with pytest.raises(ValidationError) as err:
+        knobs(min_replicas=5, max_replicas=4)
+    assert err.value.field == "min_replicas"
+    assert str(err.value) == "min_replicas: must be <= max_replicas (4); lower it or raise max_replicas"
+    flags = translate_error(err.value, {"min_replicas": "--min-workers", "max_replicas": "--max-workers"})
+    assert flags.field == "--min-workers"
+    assert str(flags) == "--min-workers: must be <= --max-workers (4); lower it or raise --max-workers"
+    unmapped = translate_error(err.value, {"concurrency": "spec.concurrency"})
+    assert str(unmapped) == str(err.value)
 
 
 def test_useful_replicas_unlimited() -> None:
-    assert useful_replicas(obs(ready=10**9), Policy()) == (None, "")
+    assert useful_replicas(obs(ready=10**9), knobs()) == (None, "")
 
 
 # ------------------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ def within_bounds(decision: Decision, policy: Policy) -> bool:
     ids=["min0-no-zero", "min0-zero", "min3-no-zero", "min3-zero"],
 )
 def test_effective_min(min_replicas: int, scale_to_zero: bool, expected: int) -> None:
-    assert Policy(min_replicas=min_replicas, scale_to_zero=scale_to_zero).effective_min == expected
+    assert knobs(min_replicas=min_replicas, scale_to_zero=scale_to_zero).effective_min == expected
 
 
 @FAST

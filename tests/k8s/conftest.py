@@ -35,6 +35,8 @@ import pytest
 import yaml
 
 from .emulator import Emulator
+from .image_venv import build_image_venv
+from .kubelet import Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"
@@ -76,9 +78,19 @@ class EmulatorThread:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
+            self.call(self._cancel_the_rest, timeout=10)
+        with contextlib.suppress(Exception):
             self.call(self._stack.aclose, timeout=15)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    async def _cancel_the_rest(self) -> None:
+        """End the requests still open (watches of clients that are gone wait for an event that
+        may never come), so that the server shuts down at once and nothing outlives the loop."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
@@ -308,3 +320,23 @@ def wait_for(predicate: Callable[[], T | None], *, timeout: float = 20, interval
             extra = describe() if callable(describe) else describe
             raise AssertionError(f"condition not met within {timeout}s. {extra}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def process_kubelet(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubelet]:
+    """The process kubelet (kubelet.py) on the session's emulator. It runs the pods of the
+    namespaces a test adds to ``.namespaces`` and the images a test adds to ``.images``.
+    Skipped on a real cluster, whose own kubelets run the pods."""
+    if k8s_cluster.emulated is None:
+        pytest.skip(f"{E2E_ENV}: the real cluster's kubelets run the pods")
+    kubelet = Kubelet(k8s_cluster.server, {}, tmp_path_factory.mktemp("kubelet"), token="emulator-token",
+                      kubeconfig=k8s_cluster.kubeconfig, namespaces=set()).start()
+    yield kubelet
+    kubelet.stop()
+
+
+@pytest.fixture(scope="session")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shoal image's /opt/shoal, built once per session (image_venv.py: the wheel, a fresh
+    venv laid out as the Dockerfile lays it out)."""
+    return build_image_venv(tmp_path_factory.mktemp("image"))

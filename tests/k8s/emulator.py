@@ -30,7 +30,7 @@ version lacks or gets wrong for our purposes:
 - Secrets' ``stringData`` is folded into base64 ``data``.
 
 Not emulated: schema validation/defaulting/pruning, CEL, admission, garbage collection,
-controllers (Deployments never get pods), dryRun, server-side apply, OpenAPI (use
+controllers (Deployments get no pods unless the process kubelet, kubelet.py, runs), dryRun, server-side apply, OpenAPI (use
 ``kubectl --validate=false``), aggregated discovery.
 """
 
@@ -71,6 +71,13 @@ BUILTINS: list[tuple[str, str, bool, tuple[str, ...], tuple[str, ...]]] = [
     ("v1/services", "Service", True, ("svc",), ("status",)),
     ("v1/pods", "Pod", True, ("po",), ("status",)),
     ("apps/v1/deployments", "Deployment", True, ("deploy",), ("status", "scale")),
+    ("apps/v1/replicasets", "ReplicaSet", True, ("rs",), ("status", "scale")),
+    ("batch/v1/jobs", "Job", True, (), ("status",)),
+    ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), ("status",)),
+    ("rbac.authorization.k8s.io/v1/clusterroles", "ClusterRole", False, (), ()),
+    ("rbac.authorization.k8s.io/v1/clusterrolebindings", "ClusterRoleBinding", False, (), ()),
+    ("rbac.authorization.k8s.io/v1/roles", "Role", True, (), ()),
+    ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True, (), ()),
     ("events.k8s.io/v1/events", "Event", True, ("ev",), ()),
     ("coordination.k8s.io/v1/leases", "Lease", True, (), ()),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False,

@@ -153,7 +153,7 @@ async def test_burst_scales_up_at_once_and_back_down_after_the_delay(scene: Scen
                                and s.get("pending") == 50 and s)
     assert status["replicas"] == 4 and status["running"] == 0
     assert status["lastScaleReason"].startswith("scale up 1→4:"), status
-    assert "maxReplicas is 4" in status["lastScaleReason"] and status["lastScaleTime"].endswith("Z")
+    assert "maximum is 4" in status["lastScaleReason"] and status["lastScaleTime"].endswith("Z")
     (event,) = await scene.until(lambda: scene.events("burst", "Scaled"))
     assert event["type"] == "Normal" and event["message"] == status["lastScaleReason"]
     row = scene.kubectl("get", "queue", "burst", f"--namespace={scene.ns}", "--no-headers").stdout.split()

@@ -37,10 +37,11 @@ def test_examples_apply_and_print_columns(kubectl: Kubectl, crds_installed: list
     assert "cronjob.shoal.dev/daily-digest created" in out
 
     queues = kubectl("get", "queues", ns).stdout
-    assert _header(queues) == ["NAME", "PENDING", "RUNNING", "REPLICAS", "AGE"]
+    assert _header(queues) == ["NAME", "PENDING", "RUNNING", "REPLICAS", "READY", "MIN", "MAX", "PAUSED", "AGE"]
     assert queues.strip().splitlines()[1].split()[0] == "emails"
     wide = kubectl("get", "queues", ns, "-o", "wide").stdout
-    assert _header(wide) == ["NAME", "PENDING", "RUNNING", "REPLICAS", "READY", "QUEUE", "DESIRED", "LAST SCALE", "AGE"]
+    assert _header(wide) == ["NAME", "PENDING", "RUNNING", "REPLICAS", "READY", "QUEUE", "MIN", "MAX", "PAUSED", "DESIRED",
+                            "LAST SCALE", "AGE"]
 
     cronjobs = kubectl("get", "shcj", ns).stdout
     assert _header(cronjobs) == ["NAME", "SCHEDULE", "SUSPEND", "LAST SCHEDULE", "NEXT SCHEDULE", "AGE"]

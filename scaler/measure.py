@@ -1,0 +1,120 @@
+"""What the autoscaler reads from PostgreSQL each tick, and the wake-up on enqueue.
+
+The queue's flow control (``paused``, the rate limit, the concurrency cap) is read from its
+``shoal.queues`` row, the same row the workers obey, and not from the backend's own
+configuration: `shoal queue pause`, a Queue's ``spec.paused`` (written there by the
+reconciler) and a limit set with `shoal queue create` all reach the loop the way they
+reach the workers, so the autoscaler never adds replicas that the workers would leave
+idle. Only the scaling knobs (bounds, target, delay) come from the backend.
+
+Counting is bounded (``LIMIT n``) and runs on a pool with a ``statement_timeout``, so a
+huge backlog or a stuck server can never hang a control loop (KEDA's PostgreSQL scaler
+crash-looped on slow counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shoal.errors import UnknownQueueError
+from shoal.queues import get_queue, ready_and_running
+from shoal.scaler.decision import Policy
+
+MEASURE_TIMEOUT_MS = 2000
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One tick's reading of a queue.
+
+    `ready` counts jobs runnable now (not those scheduled for later), bounded: `ready_capped`
+    says the bound was hit. `paused`, `rate_limit` (jobs/s) and `concurrency_limit` are the
+    queue row's flow control. `seconds` is how long the reading took.
+    """
+
+    ready: int
+    running: int
+    ready_capped: bool
+    seconds: float
+    paused: bool = False
+    rate_limit: float | None = None
+    concurrency_limit: int | None = None
+
+
+def count_cap(policy: Policy) -> int:
+    """Counting beyond what max replicas could use changes no decision, so stop there."""
+    return max(1, policy.max_replicas * policy.target) + 1
+
+
+async def measure(pool: asyncpg.Pool, queue: str, policy: Policy) -> Measurement:
+    """Ready and running jobs (bounded) and the queue's flow control. Raises UnknownQueueError
+    while the queue is not declared (a Queue whose reconcile has not run yet)."""
+    cap = count_cap(policy)
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        config = await get_queue(conn, queue)
+        if config is None:
+            raise UnknownQueueError(queue)
+        ready, running = await ready_and_running(conn, queue, cap)
+    rate = config.rate_limit
+    return Measurement(ready, running, ready >= cap, time.perf_counter() - started, paused=config.paused,
+                       rate_limit=rate.per_second if rate else None, concurrency_limit=config.concurrency_limit)
+
+
+async def create_measure_pool(database_url: str, *, max_size: int = 4) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        database_url, min_size=1, max_size=max_size,
+        server_settings={"statement_timeout": str(MEASURE_TIMEOUT_MS), "application_name": "shoal-autoscaler"},
+    )
+
+
+class EnqueueWakeups:
+    """One LISTEN connection per database, fanning `shoal_jobs` notifications out to loops.
+
+    Enqueues notify with the queue's name, and so do `shoal queue pause/resume` and a
+    reconcile that changes the queue row: a burst, a queue at zero getting its first job and
+    a resumed queue all tick the loop at once instead of at the next poll.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.events: dict[str, set[asyncio.Event]] = {}
+        self.conn: asyncpg.Connection | None = None
+        self._connecting = asyncio.Lock()  # many loops share one listener: connect it once
+
+    def subscribe(self, queue: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self.events.setdefault(queue, set()).add(event)
+        return event
+
+    def unsubscribe(self, queue: str, event: asyncio.Event) -> None:
+        self.events.get(queue, set()).discard(event)
+
+    async def ensure_connected(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            return
+        async with self._connecting:
+            if self.conn is not None and not self.conn.is_closed():
+                return
+            conn = await asyncpg.connect(self.database_url)
+            await conn.add_listener("shoal_jobs", self._on_notify)
+            self.conn = conn
+        for events in self.events.values():  # we may have missed some while disconnected
+            for event in events:
+                event.set()
+
+    def _on_notify(self, _c: Any, _pid: int, _channel: str, queue: str) -> None:
+        for event in self.events.get(queue, ()):
+            event.set()
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            self.conn = None
