@@ -35,6 +35,7 @@ COPY operator/ operator/
 COPY scaler/ scaler/
 COPY cli/ cli/
 COPY sql/ sql/
+COPY testing/ testing/
 
 # Non-editable install of the built wheel; pip compiles the bytecode here, at build
 # time, so the read-only runtime never needs to write .pyc files.

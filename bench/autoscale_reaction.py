@@ -29,13 +29,11 @@ from typing import Any
 
 import asyncpg
 
+from shoal.client import NewJob, enqueue_many
+from shoal.testing.k8s.cluster import EmulatorThread, Kubectl, start_operator, write_kubeconfig
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from k8s.conftest import CRDS_DIR, EmulatorThread, Kubectl, write_kubeconfig  # noqa: E402
-from k8s.operator_runner import start_operator  # noqa: E402
-
-from shoal.client import NewJob, enqueue_many  # noqa: E402
+CRDS_DIR = REPO / "crds"
 
 NS, QUEUE = "bench", "burst"
 PG_QUEUE = f"{NS}.{QUEUE}"
@@ -119,7 +117,7 @@ async def main() -> None:
                                             "pollIntervalSeconds": 1}}}, f"--namespace={NS}")
     # Resync every 30 s (the tests use 1 s): a resync re-declares the queue, which NOTIFYs too.
     op = start_operator(kubeconfig, tmp, ["--standalone", "--namespace", NS, "--resync-interval", "30"],
-                        label="bench")
+                        label="bench", cwd=REPO)
     try:
         deadline = time.monotonic() + 60
         while True:  # the loop is running once it has reported the Deployment's replicas

@@ -11,11 +11,12 @@ import asyncio
 import time
 
 import asyncpg
-from _local import database, spawn_worker
 
 from shoal import client, queues
 from shoal.client import NewJob
 from shoal.migrate import migrate
+from shoal.testing.postgres import database
+from shoal.testing.workers import spawn_worker
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import asyncpg
 import psutil
-from _local import database, spawn_worker
 
 from shoal import client, queues
 from shoal.client import NewJob
 from shoal.migrate import migrate
+from shoal.testing.postgres import database
+from shoal.testing.workers import spawn_worker
 
 MODES = {"leased": ["--no-held-claims"], "held": [], "bare": None}
 BARE = Path(__file__).resolve().parent / "peers" / "bare_bench.py"

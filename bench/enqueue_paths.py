@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _local import database
 
 from shoal import client, queues
 from shoal.client import NewJob
 from shoal.migrate import migrate
+from shoal.testing.postgres import database
 
 QUEUE, TASK = "bench", "bench.noop"
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ processes; (c) pickup latency of one job sent to an idle worker; peak worker RSS
 Shoal only: (d) ready-count query cost at 100k, 1M and 10M pending jobs (10M skipped by
 --quick); (e) burst -> autoscaler scale-up decision, with and without the LISTEN wake-up;
 (f) resident memory of a worker and of `shoal operator` (against the Kubernetes emulator
-in tests/k8s/emulator.py); (g) a rate-limited queue with retries under load.
+of shoal.testing, testing/k8s/emulator.py); (g) a rate-limited queue with retries under load.
 
 Writes bench/results/latest.json and, for full runs, the generated part of
 docs/benchmarks.md. Worker/producer stderr goes to bench/.peers/logs/.
@@ -43,6 +43,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+import setup_peers  # bench/setup_peers.py: a script's own folder is first on sys.path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -52,8 +53,6 @@ LOGS = STATE / "logs"
 RESULTS = BENCH / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 
-sys.path.insert(0, str(BENCH))
-import setup_peers  # noqa: E402
 
 # The targets' yardsticks (Graphile Worker, the bare loop) run right after Shoal, the slow peers last,
 # so that within a workload the compared runs are seconds apart, not minutes.
@@ -723,48 +722,26 @@ async def _worker_memory(server: Server, jobs: int) -> dict[str, Any]:
 
 
 class _EmulatedCluster:
-    """tests/k8s/emulator.py's Kubernetes API emulator, served from a thread of this process."""
+    """shoal.testing's Kubernetes API emulator, served from a thread of this process, with the CRDs."""
 
     def __init__(self) -> None:
-        import importlib.util
-        import threading
+        from shoal.testing.k8s.cluster import EmulatorThread
 
-        spec = importlib.util.spec_from_file_location("shoal_bench_k8s_emulator", ROOT / "tests" / "k8s" / "emulator.py")
-        assert spec is not None and spec.loader is not None
-        self.module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.module)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="k8s-emulator", daemon=True)
-        self.stack = contextlib.AsyncExitStack()
-        self.emulator: Any = None
-        self.server: Any = None
-
-    def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
-        async def run() -> Any:
-            res = fn()
-            return await res if asyncio.iscoroutine(res) else res
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+        self.emulated = EmulatorThread()
 
     def start(self) -> str:
-        import kmock
         import yaml
 
-        self.thread.start()
-
-        async def up() -> None:
-            self.emulator = await self.stack.enter_async_context(self.module.Emulator())
-            self.server = await self.stack.enter_async_context(kmock.Server(self.emulator, host="127.0.0.1"))
-            for path in sorted((ROOT / "crds").glob("*.yaml")):
-                self.emulator.register_crd(yaml.safe_load(path.read_text()))
-
-        self.call(up)
-        return f"http://127.0.0.1:{self.server.port}"
+        api = self.emulated.start()
+        emulator = self.emulated.emulator
+        assert emulator is not None
+        for path in sorted((ROOT / "crds").glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            self.emulated.call(lambda crd=crd: emulator.register_crd(crd))
+        return api
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call(self.stack.aclose, timeout=15)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.emulated.stop()
 
 
 async def _operator_memory(server: Server) -> dict[str, Any]:

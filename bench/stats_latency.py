@@ -16,18 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import asyncpg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _local import database  # noqa: E402
-
-from shoal.migrate import migrate  # noqa: E402
-from shoal.queues import state_counts  # noqa: E402
+from shoal.migrate import migrate
+from shoal.queues import state_counts
+from shoal.testing.postgres import database
 
 DB = "bench_stats_latency"
 INSERT = """

@@ -3,7 +3,7 @@
 SQL is always parameterised; these checks exist so that bad names fail at the edge
 with a message naming the field, instead of deep inside Postgres or the API server.
 The database applies the same rules to jobs enqueued from SQL (sql/005_validation.sql
-repeats the patterns and hints below; tests/test_validation.py holds the two together).
+repeats the patterns and hints below; tests/core/test_validation.py holds the two together).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Checking and encoding jobs before they reach the database; the database's refusals as typed errors.
 
 The rules are those sql/005_validation.sql applies to jobs enqueued from SQL: same patterns,
-ranges and messages (tests/test_validation.py feeds both the same inputs). The client checks
+ranges and messages (tests/core/test_validation.py feeds both the same inputs). The client checks
 first so that an error names the job (`jobs[i].field`), costs no round trip and leaves the
 caller's transaction usable; the database checks for every other producer.
 """

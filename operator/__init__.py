@@ -6,7 +6,7 @@ sys.path before the standard library: `import operator` (asyncio, collections, d
 then finds this folder and runs this file as `operator`. It loads the standard library's module in
 its place, so the repo root is safe to work in. (The folder cannot drop this file to become a mere
 namespace portion, which the standard library's module would beat: setuptools' editable install
-maps `shoal.operator` only to a folder that has an `__init__.py`.) tests/test_repo_root.py holds it.
+maps `shoal.operator` only to a folder that has an `__init__.py`.) tests/core/test_repo_root.py holds it.
 """
 
 if __name__ == "operator":

@@ -5,7 +5,7 @@ autoscaler and a CronJob resolving its Queue all read `QueueSpec`, never the raw
 field is interpreted in exactly one place. The CRD (crds/queue.yaml) is the source of
 truth for the schema and its defaults; the defaults are repeated here once, as the
 dataclasses' field defaults, because the emulator (and an old API server) may hand us a
-spec without them and the result must be the same either way. tests/test_queue_spec.py
+spec without them and the result must be the same either way. tests/operator/test_queue_spec.py
 checks that every ``default:`` in the CRD equals the value here.
 
 `parse_queue_spec` raises `ValidationError` whose field is the spec path

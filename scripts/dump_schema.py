@@ -12,7 +12,7 @@ each noting the migrations that created and changed it, plus an index (sql/curre
 
 Without --database-url (a server URL: a scratch database is created there, then dropped), an
 embedded PostgreSQL (the `embedded` extra) is started in a temporary directory.
-tests/test_schema_current.py fails while the files differ from what the migrations produce.
+tests/core/test_schema_current.py fails while the files differ from what the migrations produce.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ files: add a migration, then regenerate them from it:
 
     {regenerate}
 
-`tests/test_schema_current.py` fails while they differ from what a fresh `shoal migrate` makes.
+`tests/core/test_schema_current.py` fails while they differ from what a fresh `shoal migrate` makes.
 They are not migrations (`shoal.migrate` applies only `sql/NNN_name.sql`) and are not shipped in
 the package or the image.
 

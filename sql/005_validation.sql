@@ -4,7 +4,7 @@
 -- rows with a NULL queue and padded short arrays, and names that Python refuses went in. Now
 -- every input row is checked and a bad one raises SQLSTATE SHV01 with the message
 -- '<argument>: <problem>', the fix as HINT, and the argument (e.g. 'tasks[2]') as COLUMN.
--- tests/test_validation.py feeds the same inputs to Python and SQL and expects the same answers.
+-- tests/core/test_validation.py feeds the same inputs to Python and SQL and expects the same answers.
 --
 -- No CHECK constraints on shoal.jobs: PostgreSQL re-checks them on every UPDATE, so a job
 -- written under the older, looser rules would break the claim that updates it, and a regex

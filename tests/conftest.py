@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from shoal.embedded import EmbeddedPostgres, start_embedded
+from shoal.embedded import EmbeddedPostgres
+from shoal.testing.postgres import embedded
 
 TEMPLATE_DB = "shoal_template"
 
@@ -33,12 +32,8 @@ def pg_server() -> Iterator[EmbeddedPostgres | None]:
     if os.environ.get("SHOAL_TEST_DATABASE_URL"):
         yield None
         return
-    root = Path(tempfile.mkdtemp(prefix="shoal-test-pg-"))
-    pg = start_embedded(root / "data", fast_unsafe=True)
-    try:
+    with embedded("shoal-test-pg-", fast_unsafe=True) as pg:
         yield pg
-    finally:
-        pg.destroy()
 
 
 @pytest.fixture(scope="session")

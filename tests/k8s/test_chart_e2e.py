@@ -23,10 +23,10 @@ from typing import Any
 import asyncpg
 import kubernetes
 import pytest
-from tools import helm
 
 from helpers import eventually
 from shoal.client import NewJob, enqueue_many
+from tools import helm
 
 from .chart_stage import Stage, make_stage, queue_from_example, write_timeline
 from .conftest import E2E_ENV

@@ -17,7 +17,7 @@ from shoal import client, names, producer, queues, validation
 from shoal.client import NewJob
 from shoal.errors import UnknownQueueError, ValidationError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SQL_FILE = ROOT / "sql" / "005_validation.sql"
 SQL_ONE = "SELECT shoal.enqueue($1, $2, '{}'::jsonb, $3, $4, $5, $6)"
 SQL_MANY = "SELECT id FROM shoal.enqueue_many($1, $2, NULL, $3, $4, $5, $6)"

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
+
 from tools import REPO_ROOT, helm
 
 CHART = REPO_ROOT / "charts" / "shoal"
@@ -332,7 +333,7 @@ def test_dashboard_configmap() -> None:
 
 # --------------------------------------------------------------------------- RBAC
 
-# The operator's contract (see templates/rbac.yaml for why each is needed). tests/test_rbac.py
+# The operator's contract (see templates/rbac.yaml for why each is needed). tests/operator/test_rbac.py
 # derives the same set from the code (kube.API_CALLS and kopf's needs) and compares.
 EXPECTED_RBAC = {
     ("shoal.dev", "queues"): {"get", "list", "watch", "patch"},

@@ -34,7 +34,6 @@ import kopf
 import kubernetes.client
 import pytest
 import yaml
-from tools import REPO_ROOT, helm
 
 import shoal.operator
 from shoal.operator import kube
@@ -42,6 +41,7 @@ from shoal.operator.cli import register as register_cli
 from shoal.operator.config import OperatorConfig
 from shoal.operator.databases import Databases
 from shoal.operator.handlers import register as register_handlers
+from tools import REPO_ROOT, helm
 
 CHART = REPO_ROOT / "charts" / "shoal"
 RELEASE, NAMESPACE = "shoal", "shoal-system"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from tools import REPO_ROOT, hadolint
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"

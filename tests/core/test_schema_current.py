@@ -24,7 +24,7 @@ import pytest
 
 from shoal import migrate
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def dump_schema() -> ModuleType:

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CRDS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))}
 MANIFESTS = REPO / "tests" / "manifests"
 EXPECT = "test.shoal.dev/expect"

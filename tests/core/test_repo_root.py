@@ -20,7 +20,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STDLIB_OPERATOR = str(Path(sysconfig.get_path("stdlib")) / "operator.py")
 
 # What broke: "cannot import name 'eq' from 'operator'" as soon as asyncio was imported.
@@ -83,7 +83,7 @@ def test_this_venv_with_the_editable_install() -> None:
 
 def test_pytest_started_in_the_repo_root() -> None:
     proc = run_in_root(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
-                       "tests/test_repo_root.py")
+                       "tests/core/test_repo_root.py")
     assert "test_pytest_started_in_the_repo_root" in proc.stdout
 
 

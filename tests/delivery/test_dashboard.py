@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from tools import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "charts" / "shoal" / "dashboards" / "shoal.json"
