@@ -81,6 +81,32 @@ QUEUE_DELETE = "DELETE FROM shoal.queues WHERE name = $1"
 
 # --- counts -------------------------------------------------------------------
 READY_AND_RUNNING = "SELECT shoal.ready_count($1, $2) AS ready, shoal.running_count($1, $2) AS running"
+# The age in seconds of the queue's oldest ready job (NULL when none is ready) and its live
+# workers. jobs_ready leads with priority and orders run_at within a priority only, so min(run_at)
+# over ready jobs would read every ready row: instead a loose index scan takes the first entry of
+# each priority present (one index descent each), and the oldest of those that are due is the
+# oldest ready job, exactly. At most 256 priorities are visited, highest first: with more distinct
+# priorities among pending jobs the lower ones are not looked at (the age is then a lower bound).
+# Like shoal_queue_pending, a job a held claim is running (sql/004, for at most its short budget)
+# is still a pending row and counts. Live workers: a heartbeat within $2 seconds.
+QUEUE_OLDEST_READY_AND_LIVE_WORKERS = """
+WITH RECURSIVE heads (priority, run_at, n) AS (
+    (SELECT j.priority, j.run_at, 1 FROM shoal.jobs j
+      WHERE j.queue = $1 AND j.state = 'pending'
+      ORDER BY j.priority DESC, j.run_at LIMIT 1)
+    UNION ALL
+    SELECT nxt.priority, nxt.run_at, h.n + 1
+      FROM heads h
+     CROSS JOIN LATERAL (SELECT j.priority, j.run_at FROM shoal.jobs j
+                          WHERE j.queue = $1 AND j.state = 'pending' AND j.priority < h.priority
+                          ORDER BY j.priority DESC, j.run_at LIMIT 1) nxt
+     WHERE h.n < 256
+)
+SELECT (SELECT extract(epoch FROM now() - min(h.run_at))::float8 FROM heads h WHERE h.run_at <= now())
+           AS oldest_ready_age,
+       (SELECT count(*)::integer FROM shoal.workers w
+         WHERE w.queue = $1 AND w.heartbeat_at > now() - make_interval(secs => $2::float8)) AS live_workers
+"""
 STATE_COUNTS = """
 SELECT q.name AS queue,
        count(j.id) FILTER (WHERE j.state = 'pending' AND j.run_at <= now()) AS ready,

@@ -8,6 +8,8 @@ Shoal exports and the dashboard test can check every panel against it. The autos
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -30,16 +32,33 @@ DESIRED_REPLICAS = Gauge("shoal_queue_desired_replicas", "Worker replicas the op
                          registry=REGISTRY)
 CURRENT_REPLICAS = Gauge("shoal_queue_current_replicas", "Worker replicas the Deployment requests",
                          ["queue"], registry=REGISTRY)
+OLDEST_READY_AGE = Gauge("shoal_queue_oldest_ready_age_seconds",
+                         "Age of the oldest ready job (since its run_at); 0 when none is ready", ["queue"],
+                         registry=REGISTRY)
+LIVE_WORKERS = Gauge("shoal_queue_live_workers", "Workers of the queue with a heartbeat in the last 30 s",
+                     ["queue"], registry=REGISTRY)
 SCALE_EVENTS = Counter("shoal_scale_events", "Replica changes made to worker Deployments",
                        ["queue", "direction"], registry=REGISTRY)
 SCALE_DECISION_SECONDS = Histogram(
     "shoal_scale_decision_seconds", "Time to measure a queue and decide its replicas", ["queue"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
+BUILD_INFO = Gauge("shoal_build_info", "Always 1; the version label is Shoal's version", ["version"],
+                   registry=REGISTRY)
+
+
+def shoal_version() -> str:
+    try:
+        return version("shoal")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(shoal_version()).set(1)
 
 
 def forget_queue(queue: str) -> None:
     """Drop a deleted queue's series so dashboards do not show it forever."""
-    for gauge in (QUEUE_READY, QUEUE_RUNNING, DESIRED_REPLICAS, CURRENT_REPLICAS):
+    for gauge in (QUEUE_READY, QUEUE_RUNNING, OLDEST_READY_AGE, LIVE_WORKERS, DESIRED_REPLICAS, CURRENT_REPLICAS):
         try:
             gauge.remove(queue)
         except KeyError:

@@ -73,6 +73,8 @@ class QueueStatus:
         ready = await self._ready(tick)
         metrics.QUEUE_READY.labels(queue).set(ready)
         metrics.QUEUE_RUNNING.labels(queue).set(m.running)
+        metrics.OLDEST_READY_AGE.labels(queue).set(m.oldest_ready_age or 0.0)
+        metrics.LIVE_WORKERS.labels(queue).set(m.live_workers)
         metrics.DESIRED_REPLICAS.labels(queue).set(decision.desired)
         metrics.CURRENT_REPLICAS.labels(queue).set(replicas)
         metrics.SCALE_DECISION_SECONDS.labels(queue).observe(tick.seconds)

@@ -22,11 +22,15 @@ from typing import Any
 
 import asyncpg
 
+from shoal import queries
 from shoal.errors import UnknownQueueError
 from shoal.queues import get_queue, ready_and_running
 from shoal.scaler.decision import Policy
 
 MEASURE_TIMEOUT_MS = 2000
+# A worker is live while its last heartbeat is at most this old: the worker's default --stale-after,
+# past which other workers judge it dead and rescue its jobs.
+LIVE_WORKER_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,10 @@ class Measurement:
 
     `ready` counts jobs runnable now (not those scheduled for later), bounded: `ready_capped`
     says the bound was hit. `paused`, `rate_limit` (jobs/s) and `concurrency_limit` are the
-    queue row's flow control. `seconds` is how long the reading took.
+    queue row's flow control. `seconds` is how long the reading took. `oldest_ready_age` is the
+    age in seconds of the oldest ready job, by its run_at (None: no job is ready; see
+    `queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS`), and `live_workers` counts the queue's workers
+    with a heartbeat within `LIVE_WORKER_SECONDS`.
     """
 
     ready: int
@@ -45,6 +52,8 @@ class Measurement:
     paused: bool = False
     rate_limit: float | None = None
     concurrency_limit: int | None = None
+    oldest_ready_age: float | None = None
+    live_workers: int = 0
 
 
 def count_cap(policy: Policy) -> int:
@@ -53,8 +62,9 @@ def count_cap(policy: Policy) -> int:
 
 
 async def measure(pool: asyncpg.Pool, queue: str, policy: Policy) -> Measurement:
-    """Ready and running jobs (bounded) and the queue's flow control. Raises UnknownQueueError
-    while the queue is not declared (a Queue whose reconcile has not run yet)."""
+    """Ready and running jobs (bounded), the oldest ready job's age, the live workers and the
+    queue's flow control. Raises UnknownQueueError while the queue is not declared (a Queue whose
+    reconcile has not run yet)."""
     cap = count_cap(policy)
     started = time.perf_counter()
     async with pool.acquire() as conn:
@@ -62,9 +72,11 @@ async def measure(pool: asyncpg.Pool, queue: str, policy: Policy) -> Measurement
         if config is None:
             raise UnknownQueueError(queue)
         ready, running = await ready_and_running(conn, queue, cap)
+        health = await conn.fetchrow(queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS, queue, LIVE_WORKER_SECONDS)
     rate = config.rate_limit
     return Measurement(ready, running, ready >= cap, time.perf_counter() - started, paused=config.paused,
-                       rate_limit=rate.per_second if rate else None, concurrency_limit=config.concurrency_limit)
+                       rate_limit=rate.per_second if rate else None, concurrency_limit=config.concurrency_limit,
+                       oldest_ready_age=health["oldest_ready_age"], live_workers=health["live_workers"])
 
 
 async def create_measure_pool(database_url: str, *, max_size: int = 4) -> asyncpg.Pool:

@@ -54,6 +54,8 @@ class TaskTable:
         if info is None:
             cfg = self._config
             spec = cfg.registry.get(task)
+            if spec is not None:  # labelled by its name; any other name is metrics.UNREGISTERED_TASK
+                metrics.register_task(task)
             timeout = None if spec is None else spec.timeout if spec.timeout is not None else cfg.job_timeout
             info = TaskInfo(spec, timeout, metrics.JOB_DURATION.labels(cfg.queue, task),
                             metrics.QUEUE_WAIT.labels(cfg.queue, task))

@@ -1,10 +1,18 @@
 """The worker's Prometheus metrics, in a registry of its own (no process collectors from
-other libraries leak in, and tests can read exactly what a scrape would show)."""
+other libraries leak in, and tests can read exactly what a scrape would show).
+
+The ``task`` label is bounded: a task is labelled by its name once a worker of this process has
+found a handler for it (`register_task`, called by the executor's task table), and every other
+name a job row carries is labelled `UNREGISTERED_TASK`, so jobs of unknown tasks cannot add
+series without end.
+"""
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar
 
 from prometheus_client import PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
@@ -17,11 +25,42 @@ REGISTRY.register(PLATFORM_COLLECTOR)
 _LABELS = ("queue", "task")
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
-JOBS_CLAIMED = Counter("shoal_jobs_claimed", "Jobs claimed by this worker", _LABELS, registry=REGISTRY)
-JOBS_SUCCEEDED = Counter("shoal_jobs_succeeded", "Jobs that succeeded", _LABELS, registry=REGISTRY)
-JOBS_FAILED = Counter("shoal_jobs_failed", "Jobs that failed for good (no retry left)", _LABELS, registry=REGISTRY)
-JOBS_RETRIED = Counter("shoal_jobs_retried", "Failed attempts scheduled for a retry", _LABELS, registry=REGISTRY)
-JOBS_CANCELLED = Counter("shoal_jobs_cancelled", "Running jobs cancelled on request", _LABELS, registry=REGISTRY)
+# The task label of jobs whose task has no handler in this worker.
+UNREGISTERED_TASK = "unregistered"
+_registered: set[str] = set()
+
+
+def register_task(name: str) -> None:
+    """Label jobs of this task by its name (a handler for it is registered)."""
+    _registered.add(name)
+
+
+def task_label(task: str) -> str:
+    return task if task in _registered else UNREGISTERED_TASK
+
+
+_C = TypeVar("_C", bound="TaskCounter")
+
+
+class TaskCounter(Counter):
+    """A counter labelled (queue, task) whose task label is `task_label(task)`."""
+
+    def labels(self: _C, *labelvalues: Any, **labelkwargs: Any) -> _C:
+        if len(labelvalues) == 2:
+            labelvalues = (labelvalues[0], task_label(str(labelvalues[1])))
+        elif "task" in labelkwargs:
+            labelkwargs["task"] = task_label(str(labelkwargs["task"]))
+        return super().labels(*labelvalues, **labelkwargs)
+
+
+JOBS_CLAIMED = TaskCounter("shoal_jobs_claimed", "Jobs claimed by this worker", _LABELS, registry=REGISTRY)
+JOBS_SUCCEEDED = TaskCounter("shoal_jobs_succeeded", "Jobs that succeeded", _LABELS, registry=REGISTRY)
+JOBS_FAILED = TaskCounter("shoal_jobs_failed", "Jobs that failed for good (no retry left)", _LABELS,
+                          registry=REGISTRY)
+JOBS_RETRIED = TaskCounter("shoal_jobs_retried", "Failed attempts scheduled for a retry", _LABELS,
+                           registry=REGISTRY)
+JOBS_CANCELLED = TaskCounter("shoal_jobs_cancelled", "Running jobs cancelled on request", _LABELS,
+                             registry=REGISTRY)
 
 
 class _HistogramChild:
@@ -55,6 +94,8 @@ class EventLoopHistogram(Collector):
         registry.register(self)
 
     def labels(self, *values: str) -> _HistogramChild:
+        if self._labelnames == _LABELS:
+            values = (values[0], task_label(values[1]))
         child = self.children.get(values)
         if child is None:
             child = self.children[values] = _HistogramChild(self.bounds)
@@ -84,3 +125,15 @@ CLAIMS = Counter("shoal_claims", "Claims that returned jobs, by mode: held (one 
                  ("queue", "mode"), registry=REGISTRY)
 RATE_LIMITED = Counter("shoal_rate_limited_claims", "Claims that found the queue at its rate or concurrency limit",
                        ("queue", "reason"), registry=REGISTRY)
+BUILD_INFO = Gauge("shoal_build_info", "Always 1; the version label is Shoal's version", ("version",),
+                   registry=REGISTRY)
+
+
+def shoal_version() -> str:
+    try:
+        return version("shoal")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(shoal_version()).set(1)
