@@ -8,8 +8,6 @@ Shoal exports and the dashboard test can check every panel against it. The autos
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -18,6 +16,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+
+from shoal.build_info import export_build_info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REGISTRY.register(PROCESS_COLLECTOR)
@@ -42,18 +42,7 @@ SCALE_EVENTS = Counter("shoal_scale_events", "Replica changes made to worker Dep
 SCALE_DECISION_SECONDS = Histogram(
     "shoal_scale_decision_seconds", "Time to measure a queue and decide its replicas", ["queue"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
-BUILD_INFO = Gauge("shoal_build_info", "Always 1; the version label is Shoal's version", ["version"],
-                   registry=REGISTRY)
-
-
-def shoal_version() -> str:
-    try:
-        return version("shoal")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-BUILD_INFO.labels(shoal_version()).set(1)
+BUILD_INFO = export_build_info(REGISTRY)
 
 
 def forget_queue(queue: str) -> None:

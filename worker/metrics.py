@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 from prometheus_client import PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from shoal.build_info import export_build_info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REGISTRY.register(PROCESS_COLLECTOR)
@@ -125,15 +126,4 @@ CLAIMS = Counter("shoal_claims", "Claims that returned jobs, by mode: held (one 
                  ("queue", "mode"), registry=REGISTRY)
 RATE_LIMITED = Counter("shoal_rate_limited_claims", "Claims that found the queue at its rate or concurrency limit",
                        ("queue", "reason"), registry=REGISTRY)
-BUILD_INFO = Gauge("shoal_build_info", "Always 1; the version label is Shoal's version", ("version",),
-                   registry=REGISTRY)
-
-
-def shoal_version() -> str:
-    try:
-        return version("shoal")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-BUILD_INFO.labels(shoal_version()).set(1)
+BUILD_INFO = export_build_info(REGISTRY)

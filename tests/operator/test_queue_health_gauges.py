@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shoal import client, queues
+from shoal import build_info, client, queues
 from shoal.operator import kube, metrics
 from shoal.operator.scale_status import QueueStatus
 from shoal.scaler.decision import Decision, Policy
@@ -25,7 +25,7 @@ def sample(name: str, labels: dict[str, str]) -> float | None:
 
 
 def test_build_info_is_exported() -> None:
-    version = metrics.shoal_version()
+    version = build_info.shoal_version()
     assert version and version != "unknown"
     assert sample("shoal_build_info", {"version": version}) == 1.0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 
 from helpers import running_worker
-from shoal import client, queues
+from shoal import build_info, client, queues
 from shoal.client import NewJob
 from shoal.worker import metrics
 
@@ -47,6 +47,6 @@ def test_task_label() -> None:
 
 
 def test_build_info_is_exported() -> None:
-    version = metrics.shoal_version()
+    version = build_info.shoal_version()
     assert version and version != "unknown"
     assert sample("shoal_build_info", {"version": version}) == 1.0
