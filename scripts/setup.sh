@@ -4,6 +4,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONSAFEPATH=1
 PY=${PYTHON:-python3}
+# Debian packages the tests use for real: Prometheus and promtool (the alert rules and every dashboard
+# query run on a real server) and Chromium (the console's browser test). Installed once, when missing.
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
