@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 
 from shoal import logs
-from shoal.config import CONNECT_TIMEOUT, MAX_ENQUEUE_COUNT, database_url, explain, read_payload
+from shoal.config import CONNECT_TIMEOUT, MAX_ENQUEUE_COUNT, STALE_AFTER, database_url, explain, read_payload
 from shoal.config import enqueue_count as _count
 from shoal.config import non_negative_int as _non_negative_int
 from shoal.config import positive_int as _positive_int
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port")
     w.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls when no NOTIFY arrives")
     w.add_argument("--heartbeat-interval", type=float, default=5.0)
-    w.add_argument("--stale-after", type=float, default=30.0,
+    w.add_argument("--stale-after", type=float, default=STALE_AFTER,
                    help="seconds without heartbeat after which a worker's jobs are rescued")
     w.add_argument("--drain-timeout", type=float, default=30.0, help="on SIGTERM, seconds to let running jobs finish")
     w.add_argument("--job-timeout", type=float, help="default per-job timeout in seconds")

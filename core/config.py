@@ -25,6 +25,9 @@ EXPECTED = "postgresql://user:pass@host:5432/db"
 CONNECT_TIMEOUT = 10.0
 # A single `shoal enqueue`: 10M jobs is minutes of work and gigabytes of table; more is a typo.
 MAX_ENQUEUE_COUNT = 10_000_000
+# A worker silent this long is dead: other workers rescue its jobs (the worker's --stale-after default),
+# and every reader that counts live workers (metrics, the console, pod deletion costs) uses the same window.
+STALE_AFTER = 30.0
 
 
 # -- the database ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 
 import asyncpg
 
+from shoal.config import STALE_AFTER
 from shoal.operator import kube
 from shoal.operator.spec_fields import DNS_SUBDOMAIN
 
@@ -34,7 +35,7 @@ log = logging.getLogger("shoal.operator.scaling")
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 MAX_COST = 2**31 - 1  # the annotation is an int32
-LIVE_SECONDS = 60  # a worker whose heartbeat is older is not counted (it is dead or being rescued)
+LIVE_SECONDS = STALE_AFTER  # a worker whose heartbeat is older is not counted (it is dead or being rescued)
 ANNOTATE_TIMEOUT = 5.0  # s for all the pods' patches: the scale-down goes ahead after that
 ANNOTATE_CONCURRENCY = 8
 

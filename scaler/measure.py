@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from shoal import queries
+from shoal.config import STALE_AFTER
 from shoal.errors import UnknownQueueError
 from shoal.queues import get_queue, ready_and_running
 from shoal.scaler.decision import Policy
@@ -30,7 +31,7 @@ from shoal.scaler.decision import Policy
 MEASURE_TIMEOUT_MS = 2000
 # A worker is live while its last heartbeat is at most this old: the worker's default --stale-after,
 # past which other workers judge it dead and rescue its jobs.
-LIVE_WORKER_SECONDS = 30.0
+LIVE_WORKER_SECONDS = STALE_AFTER
 
 
 @dataclass(frozen=True)

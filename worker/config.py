@@ -8,6 +8,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from shoal.config import STALE_AFTER
 from shoal.errors import ConfigError
 from shoal.tasks import TaskRegistry
 from shoal.tasks import registry as default_registry
@@ -27,7 +28,7 @@ class WorkerConfig:
     concurrency: int = 10
     poll_interval: float = 1.0
     heartbeat_interval: float = 5.0
-    stale_after: float = 30.0  # a worker silent this long is dead and its jobs are rescued
+    stale_after: float = STALE_AFTER  # a worker silent this long is dead and its jobs are rescued
     drain_timeout: float = 30.0
     job_timeout: float | None = None
     backoff_base: float = 1.0
