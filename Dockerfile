@@ -28,12 +28,13 @@ WORKDIR /src
 # Only what the package build needs: metadata (README.md is pyproject's `readme`; the
 # wildcard keeps the build working while it is absent), then the component folders that
 # pyproject.toml maps onto the `shoal` import root.
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md* LICENSE ./
 COPY core/ core/
 COPY worker/ worker/
 COPY operator/ operator/
 COPY scaler/ scaler/
 COPY cli/ cli/
+COPY console/ console/
 COPY sql/ sql/
 COPY testing/ testing/
 

@@ -36,6 +36,7 @@ from shoal.config import positive_int as _positive_int
 from shoal.config import seconds as _non_negative
 from shoal.config import seconds_or_forever as _keep_failed
 from shoal.errors import ConfigError, ShoalError
+from shoal.version import __version__
 
 ENQUEUE_CHUNK = 10_000  # jobs per transaction: workers see each chunk as soon as it commits
 ENQUEUE_CHUNK_BYTES = 16 << 20  # and at most this much payload per transaction
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="PostgreSQL URL (default: $SHOAL_DATABASE_URL)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="auto", choices=["auto", "json", "text"])
+    p.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")

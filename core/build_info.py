@@ -3,16 +3,9 @@ worker's and the operator's), so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from prometheus_client import CollectorRegistry, Gauge
 
-
-def shoal_version() -> str:
-    try:
-        return version("shoal")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
+from shoal.version import shoal_version
 
 
 def export_build_info(registry: CollectorRegistry) -> Gauge:
