@@ -1,10 +1,15 @@
 # syntax=docker/dockerfile:1
 #
-# Shoal: one image for the operator (`shoal operator`), the workers (`shoal worker ...`)
-# and the migrations (`shoal migrate`).
-#
-# Build:   docker build -t shoal:dev .
-# Extend:  FROM shoal:dev, then COPY your task modules into /app (on PYTHONPATH; see README).
+# Shoal's two images, one build target each:
+#   worker    `shoal worker`, `shoal migrate`, `shoal enqueue`: `pip install shoal`, no operator stack.
+#             docker build --target worker -t shoal-worker:dev .
+#             Extend it with your tasks: FROM shoal-worker:dev, then COPY your task modules into /app
+#             (on PYTHONPATH; see README).
+#   operator  the same plus kopf, the kubernetes client and the console's server
+#             (`shoal[operator,console]`): `shoal operator`, `shoal console`. The default target, and the
+#             image the Helm chart deploys (operator, migrations, console).
+#             docker build -t shoal:dev .
+# Sizes of the two venvs: `python bench/image_size.py` (docs/kubernetes.md).
 #
 # The runtime stage runs as the numeric user 10001 and never writes outside /tmp, so it
 # works with `readOnlyRootFilesystem: true` (the Helm chart mounts an emptyDir at /tmp).
@@ -13,7 +18,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------
 # Builder: build the project's wheel and install it, with its runtime dependencies only
-# (no `embedded`/`dev` extras), into a self-contained virtualenv at /opt/shoal.
+# (no extras), into a self-contained virtualenv at /opt/shoal: the worker's venv.
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
@@ -45,8 +50,13 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/shoal/bin/pip install --no-cache-dir /wheels/shoal-*.whl \
  && /opt/shoal/bin/shoal --help > /dev/null
 
+# The operator's venv: the worker's plus the `operator` and `console` extras.
+FROM builder AS builder-operator
+RUN /opt/shoal/bin/pip install --no-cache-dir "$(echo /wheels/shoal-*.whl)[operator,console]" \
+ && /opt/shoal/bin/shoal operator --help > /dev/null
+
 # ---------------------------------------------------------------------------------------
-# Runtime: the slim base plus the virtualenv, nothing else (no compiler, no pip cache).
+# Runtime: the slim base plus a virtualenv, nothing else (no compiler, no pip cache).
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -57,8 +67,6 @@ LABEL org.opencontainers.image.title="shoal" \
 RUN groupadd --system --gid 10001 shoal \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
       --home-dir /tmp --shell /usr/sbin/nologin shoal
-
-COPY --from=builder /opt/shoal /opt/shoal
 
 # PYTHONPATH=/app: user images COPY their task modules into /app, and `shoal worker
 # --tasks mypkg.tasks` imports them from there.
@@ -75,11 +83,19 @@ ENV PATH="/opt/shoal/bin:${PATH}" \
 WORKDIR /app
 
 # 8080: operator liveness (/healthz); 9090: Prometheus /metrics (operator and workers;
-# workers also serve /healthz and /readyz there).
-EXPOSE 8080 9090
+# workers also serve /healthz and /readyz there); 8090: `shoal console`.
+EXPOSE 8080 8090 9090
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it without resolving a name.
 USER 10001:10001
 
 ENTRYPOINT ["shoal"]
 CMD ["--help"]
+
+# The worker image: the runtime plus the worker's venv.
+FROM runtime AS worker
+COPY --from=builder /opt/shoal /opt/shoal
+
+# The operator image (the default target): the runtime plus the operator's venv.
+FROM runtime AS operator
+COPY --from=builder-operator /opt/shoal /opt/shoal

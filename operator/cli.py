@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from shoal.errors import ConfigError
+from shoal.extras import require_extra
 
 log = logging.getLogger("shoal.operator")
 
@@ -44,6 +45,7 @@ def register(subparsers: Any) -> None:
 
 
 async def run_operator(args: argparse.Namespace) -> int:
+    require_extra("operator", "shoal operator")
     import kopf
     from prometheus_client import start_http_server
 

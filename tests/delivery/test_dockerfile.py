@@ -1,6 +1,7 @@
-"""The Dockerfile, tested without a Docker engine: hadolint passes; the image installs the
-package pyproject.toml declares (no extras) from exactly the files its COPY lines bring in;
-it runs as a numeric non-root user with the `shoal` entrypoint."""
+"""The Dockerfile, tested without a Docker engine: hadolint passes; its two images install the
+package pyproject.toml declares from exactly the files its COPY lines bring in (the `worker` target
+with no extras, the `operator` target, the default, with the operator and console extras); both run
+as a numeric non-root user with the `shoal` entrypoint."""
 
 from __future__ import annotations
 
@@ -60,8 +61,14 @@ def parse_dockerfile() -> tuple[dict[str, str], list[Stage]]:
     return args, stages
 
 
+def stage_named(name: str) -> Stage:
+    (stage,) = [s for s in parse_dockerfile()[1] if s.name == name]
+    return stage
+
+
 def final_stage() -> Stage:
-    return parse_dockerfile()[1][-1]
+    """The runtime configuration both images share (the `runtime` stage they are built FROM)."""
+    return stage_named("runtime")
 
 
 def builder_copies() -> list[tuple[list[str], str]]:
@@ -116,10 +123,22 @@ def test_hadolint_passes() -> None:
 # --------------------------------------------------------------------------- structure
 
 
+def test_two_targets_on_one_runtime() -> None:
+    """`worker` and `operator` are the shared runtime plus one venv each; the default target (the
+    last stage, what a plain `docker build` makes and the chart deploys) is the operator image."""
+    _, stages = parse_dockerfile()
+    assert stages[-1].name == "operator"
+    for name, builder in (("worker", "builder"), ("operator", "builder-operator")):
+        stage = stage_named(name)
+        assert stage.base == "runtime"
+        assert stage.instructions == [("COPY", f"--from={builder} /opt/shoal /opt/shoal")]
+    assert stage_named("builder-operator").base == "builder", "the operator's venv extends the worker's"
+
+
 def test_multi_stage_slim_python_matching_the_project() -> None:
     _, stages = parse_dockerfile()
     assert len(stages) >= 2, "multi-stage: build in one stage, run from a slim one"
-    runtime = stages[-1]
+    runtime = final_stage()
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", runtime.base), runtime.base
     # The image's Python satisfies the project's requires-python.
     py = re.match(r"python:(\d+\.\d+)", runtime.base)
@@ -127,9 +146,8 @@ def test_multi_stage_slim_python_matching_the_project() -> None:
     lowest = re.search(r">=\s*(\d+\.\d+)", pyproject()["project"]["requires-python"])
     assert lowest
     assert tuple(map(int, py.group(1).split("."))) >= tuple(map(int, lowest.group(1).split(".")))
-    # The runtime stage installs nothing itself: it copies the builder's virtualenv.
+    # The runtime stages install nothing themselves: they copy a builder's virtualenv.
     assert not [rest for instr, rest in runtime.instructions if instr == "RUN" and "pip" in rest]
-    assert [rest for instr, rest in runtime.instructions if instr == "COPY" and "--from=" in rest]
 
 
 def test_entrypoint_is_the_projects_shoal_script() -> None:
@@ -166,10 +184,19 @@ def test_task_modules_in_app_are_importable() -> None:
     assert ("WORKDIR", "/app") in stage.instructions
 
 
-def test_installs_the_declared_package_without_extras() -> None:
+def test_installs_the_declared_package_with_each_targets_extras() -> None:
+    """The worker's venv: the package alone. The operator's: plus exactly the extras its commands
+    need (TARGET_EXTRAS, which the e2e suite's image venvs use too); never embedded, dev or otel."""
+    from k8s.image_venv import TARGET_EXTRAS
+
     name = pyproject()["project"]["name"]
+    operator_runs = " ".join(rest for instr, rest in stage_named("builder-operator").instructions if instr == "RUN")
+    installed = re.findall(r"pip install\b[^&]*\.whl\)?\[([a-z,]+)\]", operator_runs)
+    assert installed == [",".join(TARGET_EXTRAS["operator"])], installed
+    assert set(TARGET_EXTRAS["operator"]) <= set(pyproject()["project"]["optional-dependencies"])
     runs = " ".join(
-        rest for stage in parse_dockerfile()[1] for instr, rest in stage.instructions if instr == "RUN"
+        rest for stage in parse_dockerfile()[1] if stage.name != "builder-operator"
+        for instr, rest in stage.instructions if instr == "RUN"
     )
     assert re.search(r"pip wheel\b.*--no-deps\b.*\s\.(\s|$)", runs), (
         "the builder must build the project's wheel"

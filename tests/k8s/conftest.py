@@ -211,3 +211,9 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shoal image's /opt/shoal, built once per session (image_venv.py: the wheel, a fresh
     venv laid out as the Dockerfile lays it out)."""
     return build_image_venv(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def worker_image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The worker image's /opt/shoal (the Dockerfile's `worker` target: no operator stack)."""
+    return build_image_venv(tmp_path_factory.mktemp("worker-image"), target="worker")

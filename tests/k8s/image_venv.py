@@ -3,10 +3,11 @@
 - The build context is what the builder stage COPYs (read from the Dockerfile) into a temp
   copy of its WORKDIR; ``pip wheel . --no-deps`` builds the wheel there (the repo is never
   written to).
-- The runtime stage's ``COPY --from=builder /opt/shoal /opt/shoal`` says where the venv
+- The target stage's ``COPY --from=builder… /opt/shoal /opt/shoal`` says where the venv
   lives; a fresh ``python -m venv`` stands in for it, and the wheel is installed with pip
   (``--no-deps``, bytecode compiled at install, as in the image).
-- The runtime dependencies (pyproject's ``dependencies``, no extras, resolved recursively
+- The runtime dependencies (pyproject's ``dependencies`` plus the target's extras, ``TARGET_EXTRAS``:
+  none for ``worker``, ``operator`` and ``console`` for ``operator``, resolved recursively
   from the installed metadata) are linked in from the test environment's site-packages
   instead of downloaded: same versions, no network, and a module the image would lack
   (a dev-only import) fails here too. Links are per top-level name, so a namespace
@@ -16,7 +17,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.metadata as md
 import os
 import shutil
 import subprocess
@@ -24,12 +24,15 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from shoal.testing.closure import runtime_closure
 
 from .kubelet_image import SHOAL_PORT_FLAGS, Image, parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
+# The Dockerfile's build targets and the extras each one's venv installs (tests/delivery/test_dockerfile.py
+# checks these against the Dockerfile's RUN lines). `operator` is the default target, the chart's image.
+TARGET_EXTRAS: dict[str, tuple[str, ...]] = {"worker": (), "operator": ("operator", "console")}
 
 
 def _run(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -58,26 +61,14 @@ def build_context(dest: Path) -> Path:
     return dest
 
 
-def runtime_closure(name: str = "shoal") -> list[md.Distribution]:
-    """The distributions ``pip install <name>`` would bring (no extras), from the installed metadata."""
-    seen: dict[str, md.Distribution] = {}
-    todo: list[tuple[str, tuple[str, ...]]] = [(req, ()) for req in md.distribution(name).requires or []]
-    while todo:
-        text, extras = todo.pop()
-        req = Requirement(text)
-        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (*extras, "")):
-            continue
-        key = req.name.lower().replace("_", "-")
-        if key in seen:
-            continue
-        dist = md.distribution(req.name)
-        seen[key] = dist
-        todo += [(r, tuple(req.extras)) for r in dist.requires or []]
-    return list(seen.values())
+def _venv_path(target: str) -> str:
+    runtime = parse_dockerfile(DOCKERFILE.read_text(), stage=target)
+    (venv_path,) = [dest for stage, _, dest in runtime.copies if stage.startswith("builder")]
+    return venv_path
 
 
-def build_image_venv(work: Path) -> Path:
-    """Build the wheel and the image's venv under ``work``; returns the venv (``/opt/shoal``)."""
+def build_image_venv(work: Path, target: str = "operator") -> Path:
+    """Build the wheel and the ``target`` image's venv under ``work``; returns the venv (``/opt/shoal``)."""
     src = build_context(work / "src")
     wheels = work / "wheels"
     try:
@@ -86,14 +77,12 @@ def build_image_venv(work: Path) -> Path:
         _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheels, ".",
              cwd=src)
     (wheel,) = wheels.glob("shoal-*.whl")
-    runtime = parse_dockerfile(DOCKERFILE.read_text())
-    (venv_path,) = [dest for stage, _, dest in runtime.copies if stage == "builder"]
-    venv = work / venv_path.strip("/").replace("/", "_")
+    venv = work / _venv_path(target).strip("/").replace("/", "_")
     _run(getattr(sys, "_base_executable", sys.executable), "-m", "venv", venv)
     _run(venv / "bin" / "pip", "install", "--no-cache-dir", "--no-deps", "--no-index", wheel)
     site = Path(_run(venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip())
     ours = Path(sysconfig.get_path("purelib"))
-    for dist in runtime_closure():
+    for dist in runtime_closure(extras=TARGET_EXTRAS[target]):
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
         for top in tops - {"__pycache__"}:
             if (ours / top).exists() and not (site / top).exists():
@@ -102,12 +91,11 @@ def build_image_venv(work: Path) -> Path:
     return venv
 
 
-def shoal_image(venv: Path, app: Path) -> Image:
-    """The runtime stage as an Image: its venv at /opt/shoal, ``app`` at /app (WORKDIR, PYTHONPATH)."""
-    runtime = parse_dockerfile(DOCKERFILE.read_text())
-    (venv_path,) = [dest for stage, _, dest in runtime.copies if stage == "builder"]
+def shoal_image(venv: Path, app: Path, target: str = "operator") -> Image:
+    """The ``target`` stage as an Image: its venv at /opt/shoal, ``app`` at /app (WORKDIR, PYTHONPATH)."""
+    runtime = parse_dockerfile(DOCKERFILE.read_text(), stage=target)
     app.mkdir(parents=True, exist_ok=True)
-    return Image(runtime, {venv_path: venv, runtime.workdir: app}, SHOAL_PORT_FLAGS)
+    return Image(runtime, {_venv_path(target): venv, runtime.workdir: app}, SHOAL_PORT_FLAGS)
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:

@@ -1,7 +1,8 @@
 """The image as it runs: the wheel installed into a venv laid out as the Dockerfile lays it out
-(image_venv.py), and the process kubelet starting the operator and a worker from there with
-the Dockerfile's ENTRYPOINT, ENV (HOME=/tmp, TMPDIR=/tmp, PYTHONPATH=/app, ...) and WORKDIR.
-A user's image adds its task module under /app (``FROM shoal`` + ``COPY``).
+(image_venv.py), and the process kubelet starting the operator (from the `operator` target) and a
+worker (from the lean `worker` target) with the Dockerfile's ENTRYPOINT, ENV (HOME=/tmp, TMPDIR=/tmp,
+PYTHONPATH=/app, ...) and WORKDIR. A user's image adds its task module under /app
+(``FROM shoal-worker`` + ``COPY``).
 
 The pods' /tmp is an emptyDir (a directory of the pod), as the chart and the operator mount
 it; whatever the processes write goes there, and the venv and /app are left exactly as they
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +73,20 @@ def proc_env(pid: int) -> dict[str, str]:
 
 async def test_operator_and_worker_run_from_the_image_layout_and_write_only_to_tmp(
         kubectl: Kubectl, crds_installed: list[str], namespace: str, db_url: str, process_kubelet: Kubelet,
-        image_venv: Path, tmp_path: Path) -> None:
+        image_venv: Path, worker_image_venv: Path, tmp_path: Path) -> None:
     app = tmp_path / "app"
     (app / "email_worker").mkdir(parents=True)
     (app / "email_worker" / "__init__.py").write_text("")
     (app / "email_worker" / "tasks.py").write_text(TASKS)
     kubelet = process_kubelet
     kubelet.images["shoal:image-test"] = shoal_image(image_venv, tmp_path / "bare-app")
-    kubelet.images["example.org/email-worker:1"] = shoal_image(image_venv, app)
+    kubelet.images["example.org/email-worker:1"] = shoal_image(worker_image_venv, app, target="worker")
     kubelet.namespaces.add(namespace)  # type: ignore[union-attr]
-    before = {"venv": tree_state(image_venv), "app": tree_state(app), "bare": tree_state(tmp_path / "bare-app")}
+    def state() -> dict[str, Any]:
+        return {"venv": tree_state(image_venv), "worker venv": tree_state(worker_image_venv),
+                "app": tree_state(app), "bare": tree_state(tmp_path / "bare-app")}
+
+    before = state()
 
     ns = f"--namespace={namespace}"
     kubectl.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"url": db_url}},
@@ -122,8 +128,9 @@ async def test_operator_and_worker_run_from_the_image_layout_and_write_only_to_t
     assert report["home"] == report["tmpdir"] == str(tmp) and Path(report["scratch"]).parent == tmp
     assert (tmp / ".cache" / "email_worker" / "state").read_text() == "y"
     assert report["cwd"] == str(app) and report["pythonpath"] == str(app)  # WORKDIR and PYTHONPATH: /app
-    assert report["prefix"] == str(image_venv) and report["shoal"].startswith(str(image_venv))  # the wheel
-    assert report["argv0"] == str(image_venv / "bin" / "shoal") and report["no_bytecode"] is True
+    wv = worker_image_venv
+    assert report["prefix"] == str(wv) and report["shoal"].startswith(str(wv))  # the wheel
+    assert report["argv0"] == str(wv / "bin" / "shoal") and report["no_bytecode"] is True
     assert report["payload"] == {"to": "a@b.c"}
 
     # The operator: the Dockerfile's entrypoint and ENV, the Deployment's args, its own ports.
@@ -143,8 +150,26 @@ async def test_operator_and_worker_run_from_the_image_layout_and_write_only_to_t
         return not kubelet.running(namespace)
 
     await eventually(all_gone, timeout=60, interval=0.3)
-    after = {"venv": tree_state(image_venv), "app": tree_state(app), "bare": tree_state(tmp_path / "bare-app")}
+    after = state()
     for part in before:
         changed = sorted(set(before[part].items()) ^ set(after[part].items()))
         assert not changed, f"{part} was written to: {changed[:20]}"
     assert not any(p.name == "__pycache__" for p in app.rglob("*"))
+
+
+def test_the_worker_image_has_no_operator_stack_and_says_so(worker_image_venv: Path) -> None:
+    """`pip install shoal` (the worker target) runs workers without kopf, the kubernetes client or
+    aiohttp; `shoal operator` and `shoal console` there name the extra to install."""
+    python = worker_image_venv / "bin" / "python"
+    missing = subprocess.run([python, "-c", "import importlib.util as u; "
+                              "print([m for m in ('kopf', 'kubernetes', 'aiohttp') if u.find_spec(m)])"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert missing.stdout.strip() == "[]"
+    shoal = worker_image_venv / "bin" / "shoal"
+    assert subprocess.run([shoal, "worker", "--help"], capture_output=True, timeout=60).returncode == 0
+    for command, extra in (("operator", "operator"), ("console", "console")):
+        proc = subprocess.run([shoal, command, "--standalone"] if command == "operator" else [shoal, command],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "SHOAL_DATABASE_URL":
+                                                                                "postgresql://u@127.0.0.1:1/x"})
+        assert proc.returncode == 2, proc.stderr
+        assert f"pip install 'shoal[{extra}]'" in proc.stderr, proc.stderr

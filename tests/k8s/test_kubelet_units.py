@@ -43,7 +43,11 @@ def test_the_projects_dockerfile_runs_shoal_with_its_runtime_env() -> None:
     env = dict(config.env)
     assert env["PATH"].startswith("/opt/shoal/bin:") and env["HOME"] == env["TMPDIR"] == "/tmp"
     assert env["PYTHONPATH"] == "/app" and config.workdir == "/app" and config.user == "10001:10001"
-    assert ("builder", ("/opt/shoal",), "/opt/shoal") in config.copies
+    # The default target is the operator image; the worker image is the same runtime with the lean venv.
+    assert ("builder-operator", ("/opt/shoal",), "/opt/shoal") in config.copies
+    worker = parse_dockerfile(DOCKERFILE.read_text(), stage="worker")
+    assert ("builder", ("/opt/shoal",), "/opt/shoal") in worker.copies
+    assert (worker.entrypoint, worker.user, dict(worker.env)) == (config.entrypoint, config.user, dict(config.env))
     assert "PYTHONSAFEPATH" not in env  # a builder-stage variable does not leak into the runtime
     assert dict(parse_dockerfile(DOCKERFILE.read_text(), stage="builder").env)["PYTHONSAFEPATH"] == "1"
 
