@@ -30,6 +30,7 @@ CUSTOM_KINDS = {
     ("kopf.dev/v1", "ClusterKopfPeering"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 DB_URL = "postgresql://shoal:s3cret@db.example.internal:5432/shoal"
@@ -45,6 +46,14 @@ VARIANTS: dict[str, list[str]] = {
         "monitoring.workers.labels.release=kube-prometheus",
     ],
     "dashboard-on": ["dashboard.enabled=true", "dashboard.namespace=monitoring"],
+    "alerts-on": ["alerts.enabled=true", "alerts.labels.release=kube-prometheus", "alerts.ruleLabels.team=ops"],
+    "console-on": ["console.enabled=true"],
+    "console-admin": [
+        "console.enabled=true",
+        "console.adminTokenSecret.name=console-admin",
+        "console.adminTokenSecret.key=admin-token",
+        f"database.url={DB_URL}",
+    ],
     "migrations-off": ["migrations.enabled=false"],
     "one-replica": ["operator.replicas=1"],
     "crds-off": ["crds.install=false"],
@@ -57,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
         "operator.replicas=3",
         "image.digest=sha256:" + "a" * 64,
         "imagePullSecrets[0].name=regcred",
+        "alerts.enabled=true",
+        "console.enabled=true",
     ],
 }
 
@@ -303,6 +314,17 @@ def test_migrations_off() -> None:
 def test_monitors_off_by_default() -> None:
     docs = render("defaults")
     assert not find(docs, "PodMonitor") and not find(docs, "ServiceMonitor") and not find(docs, "ConfigMap")
+    assert not find(docs, "PrometheusRule")
+
+
+def test_alerts_on() -> None:
+    """The PrometheusRule's rules are checked with promtool in test_alerts.py; here, the object."""
+    rule = one(render("alerts-on"), "PrometheusRule", RELEASE)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert rules and all(r["labels"]["team"] == "ops" for r in rules)
+    assert all(r["alert"].startswith("Shoal") for r in rules), "the dashboard's alert panel selects Shoal.+"
 
 
 def test_monitors_on() -> None:
@@ -329,6 +351,59 @@ def test_dashboard_configmap() -> None:
     assert key.endswith(".json")
     source = (CHART / "dashboards" / "shoal.json").read_text()
     assert json.loads(cm["data"][key]) == json.loads(source)
+
+
+# --------------------------------------------------------------------------- console
+
+
+def console_deployment(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment", f"{RELEASE}-console")
+
+
+def test_console_off_by_default() -> None:
+    docs = render("defaults")
+    assert not find(docs, "Deployment", f"{RELEASE}-console") and not find(docs, "Service")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["console"]["enabled"] is False
+
+
+@pytest.mark.parametrize("variant", ["console-on", "console-admin"])
+def test_console(variant: str) -> None:
+    docs = render(variant)
+    dep = console_deployment(docs)
+    c = container(dep)
+    assert c["image"] == container(operator_deployment(docs))["image"]
+    assert c["args"][:5] == ["console", "--host", "0.0.0.0", "--port", "8090"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8090}
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz" and ports[get["port"]] == 8090, probe
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    # The same database Secret as the operator, and the same hardening.
+    assert db_env(c) == db_env(container(operator_deployment(docs)))
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["automountServiceAccountToken"] is False
+    env = {e["name"]: e for e in c["env"]}
+    if variant == "console-admin":
+        assert env["SHOAL_CONSOLE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "console-admin", "key": "admin-token"}
+        assert db_env(c) == {"name": f"{RELEASE}-database", "key": "url"}
+    else:
+        assert "SHOAL_CONSOLE_ADMIN_TOKEN" not in env, "without adminTokenSecret the console is read-only"
+    # The Service reaches the console pods only, not the operator's.
+    svc = one(docs, "Service", f"{RELEASE}-console")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    op_labels = operator_deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    assert not svc["spec"]["selector"].items() <= op_labels.items()
+    assert not operator_deployment(docs)["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8090, "http")]
 
 
 # --------------------------------------------------------------------------- RBAC
@@ -403,6 +478,11 @@ BAD_VALUES = [
     (["migrations.enabled=maybe"], "/migrations/enabled"),
     (["operatr.replicas=2"], "operatr"),
     (["crds.install=maybe"], "/crds/install"),
+    (["alerts.enabled=maybe"], "/alerts/enabled"),
+    (["alerts.oldestReadyJob.for=soon"], "/alerts/oldestReadyJob/for"),
+    (["alerts.disabled[0]=NoSuchAlert"], "/alerts/disabled/0"),
+    (["console.enabled=yes"], "/console/enabled"),
+    (["console.service.port=0"], "/console/service/port"),
 ]
 
 

@@ -41,7 +41,7 @@ _SELECTOR = re.compile(r"([a-zA-Z_:][\w:]*)?\s*\{([^}]*)\}")
 _MATCHER = re.compile(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)")
 _IDENT = re.compile(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)(?![\w:])(\s*\()?")
 _LEGEND_LABEL = re.compile(r"\{\{\s*([a-zA-Z_]\w*)\s*\}\}")
-_LABEL_VALUES = re.compile(r"label_values\(\s*(?:([^,()]+?)\s*,)?\s*([a-zA-Z_]\w*)\s*\)")
+_LABEL_VALUES = re.compile(r"label_values\(\s*(?:(.+?)\s*,)?\s*([a-zA-Z_]\w*)\s*\)")
 _SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -173,8 +173,16 @@ def check(queries: list[Query], catalogue: dict[str, set[str]]) -> list[str]:
     return problems
 
 
+# Labels Prometheus attaches to every scraped series (the PodMonitors' target labels).
+TARGET_LABELS = {"namespace", "pod", "job", "instance", "container", "endpoint"}
+# Series Prometheus makes itself: ALERTS of the chart's rules (charts/shoal/files/alerts.yaml),
+# which group by namespace and queue and set severity.
+PROMETHEUS_SERIES = {"ALERTS": {"alertname", "alertstate", "severity", "namespace", "queue"}}
+
+
 def shoal_catalogue() -> dict[str, set[str]]:
-    catalogue: dict[str, set[str]] = {}
+    """What the dashboard may query: Shoal's series with their scrape labels, and ALERTS."""
+    catalogue: dict[str, set[str]] = {name: set(labels) for name, labels in PROMETHEUS_SERIES.items()}
     for module_name in REGISTRY_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -183,7 +191,7 @@ def shoal_catalogue() -> dict[str, set[str]]:
         registry = getattr(module, "REGISTRY", None)
         assert registry is not None, f"{module_name} has no REGISTRY"
         for name, labels in exported(registry).items():
-            catalogue.setdefault(name, set()).update(labels)
+            catalogue.setdefault(name, set()).update(labels | TARGET_LABELS)
     return catalogue
 
 
@@ -238,19 +246,33 @@ def test_dashboard_structure() -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["queue"]["type"] == "query" and variables["queue"]["multi"] is True
+    ns = variables["namespace"]
+    assert ns["type"] == "query" and ns["multi"] is True and ns["includeAll"] is True
+    assert ns["query"]["query"].startswith("label_values(") and ns["query"]["query"].endswith(", namespace)")
+    # "All" must also match series without a namespace label (workers outside Kubernetes).
+    assert ns["allValue"] == ".*"
+    names = [v["name"] for v in dash["templating"]["list"]]
+    assert names.index("namespace") < names.index("queue"), "the queue list depends on $namespace"
+    assert "$namespace" in variables["queue"]["query"]["query"]
     assert dash["uid"] and dash["title"]
     ids = [p["id"] for p in walk_panels(dash["panels"])]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     exprs = []
     for panel in walk_panels(dash["panels"]):
+        pos = panel["gridPos"]
+        assert all(isinstance(pos[k], int) for k in ("h", "w", "x", "y")), f"{panel['title']}: gridPos {pos}"
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
-            # Every series is filtered by the queue variable.
-            assert 'queue=~"$queue"' in target["expr"], f"{panel['title']}: not filtered by $queue"
-            exprs.append(target["expr"])
+            # Every series is filtered by the queue variable (alerts: or has no queue, like
+            # the operator's) and by the namespace variable.
+            expr = target["expr"]
+            assert 'queue=~"$queue"' in expr or 'queue=~"$queue|"' in expr, f"{panel['title']}: not filtered by $queue"
+            assert "$namespace" in expr, f"{panel['title']}: not filtered by $namespace"
+            exprs.append(expr)
     joined = "\n".join(exprs)
     # What the issue asks the dashboard to show, per queue.
     for needle in (
@@ -264,6 +286,9 @@ def test_dashboard_structure() -> None:
         "shoal_queue_current_replicas",
         "shoal_scale_events_total",
         "shoal_rate_limited_claims_total",
+        "shoal_queue_oldest_ready_age_seconds",
+        "shoal_queue_live_workers",
+        'ALERTS{alertstate="firing", alertname=~"Shoal.+"',
     ):
         assert needle in joined, f"the dashboard does not show {needle}"
     for quantile in ("0.5", "0.95", "0.99"):
@@ -271,3 +296,23 @@ def test_dashboard_structure() -> None:
             f"histogram_quantile({quantile}, sum by (queue, le) (rate(shoal_job_duration_seconds_bucket"
             in joined
         ), f"no job duration p{quantile}"
+
+
+def test_namespace_filters() -> None:
+    """Worker series are filtered by their pods' namespace label; the operator's per-queue series
+    (scraped in the operator's namespace) by their queue name, "<namespace>.<name>" for a Queue."""
+    operator_metrics = {n for n, labels in exported(importlib.import_module("shoal.operator.metrics").REGISTRY).items()
+                        if "queue" in labels}
+    for q, expr in ((q, e) for q, e in _exprs()):
+        parsed = parse_promql(expr, q)
+        if parsed.metrics & operator_metrics or "ALERTS" in parsed.metrics:
+            assert 'queue=~"($namespace)\\\\..+|[^.]' in expr, f"{q}: filter operator series by the namespace in their queue name"
+            assert 'namespace=~"$namespace"' not in expr, q
+        else:
+            assert 'namespace=~"$namespace"' in expr, q
+
+
+def _exprs() -> Iterator[tuple[str, str]]:
+    for panel in walk_panels(dashboard()["panels"]):
+        for target in panel.get("targets", []):
+            yield f"{panel['title']} {target['refId']}", target["expr"]

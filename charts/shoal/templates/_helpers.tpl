@@ -81,3 +81,9 @@ app.kubernetes.io/component: operator
       name: {{ .secret }}
       key: {{ .key }}
 {{- end }}
+
+{{/* Selector of the console pods. */}}
+{{- define "shoal.consoleSelectorLabels" -}}
+{{ include "shoal.selectorLabels" . }}
+app.kubernetes.io/component: console
+{{- end }}
