@@ -35,8 +35,13 @@ CURRENT_REPLICAS = Gauge("shoal_queue_current_replicas", "Worker replicas the De
 OLDEST_READY_AGE = Gauge("shoal_queue_oldest_ready_age_seconds",
                          "Age of the oldest ready job (since its run_at); 0 when none is ready", ["queue"],
                          registry=REGISTRY)
-LIVE_WORKERS = Gauge("shoal_queue_live_workers", "Workers of the queue with a heartbeat in the last 30 s",
+LIVE_WORKERS = Gauge("shoal_queue_live_workers", "Workers of the queue with a heartbeat within the workers' default --stale-after (30 s)",
                      ["queue"], registry=REGISTRY)
+PAUSED = Gauge("shoal_queue_paused", "1 while the queue is paused (workers claim nothing), else 0", ["queue"],
+               registry=REGISTRY)
+TICK_FAILURES = Counter("shoal_autoscaler_tick_failures", "Autoscaler ticks that failed, by cause (not_ready: "
+                        "waiting for the Queue's spec or database; unknown_queue; database; timeout; other)",
+                        ["queue", "reason"], registry=REGISTRY)
 SCALE_EVENTS = Counter("shoal_scale_events", "Replica changes made to worker Deployments",
                        ["queue", "direction"], registry=REGISTRY)
 SCALE_DECISION_SECONDS = Histogram(
@@ -47,8 +52,14 @@ BUILD_INFO = export_build_info(REGISTRY)
 
 def forget_queue(queue: str) -> None:
     """Drop a deleted queue's series so dashboards do not show it forever."""
-    for gauge in (QUEUE_READY, QUEUE_RUNNING, OLDEST_READY_AGE, LIVE_WORKERS, DESIRED_REPLICAS, CURRENT_REPLICAS):
+    for gauge in (QUEUE_READY, QUEUE_RUNNING, OLDEST_READY_AGE, LIVE_WORKERS, DESIRED_REPLICAS, CURRENT_REPLICAS,
+                  PAUSED):
         try:
             gauge.remove(queue)
+        except KeyError:
+            pass
+    for labels in [s.labels for m in TICK_FAILURES.collect() for s in m.samples if s.labels.get("queue") == queue]:
+        try:
+            TICK_FAILURES.remove(queue, labels["reason"])
         except KeyError:
             pass

@@ -75,6 +75,7 @@ class QueueStatus:
         metrics.QUEUE_RUNNING.labels(queue).set(m.running)
         metrics.OLDEST_READY_AGE.labels(queue).set(m.oldest_ready_age or 0.0)
         metrics.LIVE_WORKERS.labels(queue).set(m.live_workers)
+        metrics.PAUSED.labels(queue).set(1 if m.paused else 0)
         metrics.DESIRED_REPLICAS.labels(queue).set(decision.desired)
         metrics.CURRENT_REPLICAS.labels(queue).set(replicas)
         metrics.SCALE_DECISION_SECONDS.labels(queue).observe(tick.seconds)

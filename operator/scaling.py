@@ -43,7 +43,7 @@ from shoal.operator.conditions import DATABASE_REACHABLE
 from shoal.operator.databases import Databases
 from shoal.operator.deletion_cost import running_by_worker, spare_busy_pods
 from shoal.operator.naming import deployment_name
-from shoal.operator.queue_spec import SecretRef, parse_queue_spec, scaling_policy
+from shoal.operator.queue_spec import SecretRef, parse_queue_spec, resolve_queue_name, scaling_policy
 from shoal.operator.scale_status import Emit, QueueStatus
 from shoal.operator.sources import database_url
 from shoal.scaler.decision import Decision
@@ -134,10 +134,19 @@ def queue_autoscaler(*, name: str, namespace: str, body: Mapping[str, Any], data
     """The loop for one Queue: its Deployment as target, its live spec as source, its status as report."""
     status = QueueStatus(namespace=namespace, name=name, status=body.get("status") or {}, emit=emit, clock=clock)
     source = QueueSource(name=name, namespace=namespace, body=body, databases=databases, clock=clock)
-    return Autoscaler(
+    try:  # the label of failures before the first plan names the queue
+        default_queue = resolve_queue_name(namespace, name, dict(body.get("spec") or {}))
+    except ValidationError:
+        default_queue = f"{namespace}.{name}"
+
+    def count_failure(reason: str, _exc: Exception) -> None:
+        metrics.TICK_FAILURES.labels(scaler.queue or default_queue, reason).inc()
+
+    scaler = Autoscaler(
         target=DeploymentScaleTarget(namespace, deployment_name(name), running=source.running_by_worker),
-        source=source,
-        on_tick=status.report, hands_off_when_fixed=True, name=f"Queue {namespace}/{name}", clock=clock)
+        source=source, on_tick=status.report, on_failure=count_failure, hands_off_when_fixed=True,
+        name=f"Queue {namespace}/{name}", clock=clock)
+    return scaler
 
 
 async def run_queue_scaler(scaler: Autoscaler, stopped: Any) -> None:

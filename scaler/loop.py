@@ -130,6 +130,23 @@ class TickReport:
 
 
 OnTick = Callable[[TickReport], Awaitable[None] | None]
+# Called with the failure's reason (`failure_reason`) and the exception of every failed tick.
+OnFailure = Callable[[str, Exception], None]
+
+
+def failure_reason(exc: Exception) -> str:
+    """A failed tick's cause as one of a few fixed words (a metric label: bounded): `not_ready`
+    (the Queue is waiting for its spec or database: expected), `unknown_queue`, `database`,
+    `timeout`, or `other` (the Kubernetes API, a bug)."""
+    if isinstance(exc, NotReady):
+        return "not_ready"
+    if isinstance(exc, UnknownQueueError):
+        return "unknown_queue"
+    if isinstance(exc, DATABASE_ERRORS):
+        return "database"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "other"
 
 
 class Autoscaler:
@@ -142,7 +159,7 @@ class Autoscaler:
     def __init__(self, *, target: ScaleTarget, source: Source | None = None, queue: str = "",
                  pool: asyncpg.Pool | None = None, policy: Callable[[], Policy] | None = None,
                  interval: float = 1.0, wakeups: EnqueueWakeups | None = None, on_tick: OnTick | None = None,
-                 hands_off_when_fixed: bool = False, name: str = "",
+                 on_failure: OnFailure | None = None, hands_off_when_fixed: bool = False, name: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         if source is None:
             if pool is None or policy is None or not queue:
@@ -151,6 +168,7 @@ class Autoscaler:
         self.source = source
         self.target = target
         self.on_tick = on_tick
+        self.on_failure = on_failure
         self.hands_off_when_fixed = hands_off_when_fixed
         self.name = name or f"queue {queue!r}"
         self.clock = clock
@@ -207,6 +225,8 @@ class Autoscaler:
         log.log(level, "autoscaler tick for %s failed (%d in a row, retrying with backoff): %s", self.name,
                 self.failures, error)
         self.last_error = error
+        if self.on_failure is not None:
+            self.on_failure(failure_reason(exc), exc)
         if isinstance(exc, DATABASE_ERRORS) and self._wakeups is not None:
             await self._wakeups.close()  # reconnected (and every loop woken) on the next tick
         await self.source.reset()

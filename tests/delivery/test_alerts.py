@@ -137,7 +137,7 @@ def test_values_reach_the_rules() -> None:
     assert "ShoalBacklogGrowing" not in found
     assert set(found) == EXPECTED - {"ShoalBacklogGrowing"}
     old = found["ShoalOldestReadyJobTooOld"]
-    assert old["expr"].endswith("> 60") and old["for"] == "1m"
+    assert "(shoal_queue_oldest_ready_age_seconds) > 60\n" in old["expr"] and old["for"] == "1m"
     ratio = found["ShoalHighFailureRatio"]
     assert ") > 0.2" in ratio["expr"] and "[5m]" in ratio["expr"] and "[10m]" not in ratio["expr"]
     assert found["ShoalNoLiveWorkers"]["for"] == "20m"

@@ -16,6 +16,7 @@ import pytest
 from shoal import client, queues
 from shoal.backoff import loop_delay
 from shoal.client import NewJob
+from shoal.errors import UnknownQueueError
 from shoal.scaler.decision import Decision, Policy
 from shoal.scaler.loop import MAX_BACKOFF, Autoscaler, NotReady, Plan, create_measure_pool
 
@@ -117,9 +118,18 @@ class FailingSource:
 
 async def test_failures_back_off_and_never_end_the_loop() -> None:
     source = FailingSource(RuntimeError("API server says no"))
-    scaler = Autoscaler(target=Recorder(1), source=source, interval=0.5)
+    reported: list[str] = []
+    scaler = Autoscaler(target=Recorder(1), source=source, interval=0.5,
+                        on_failure=lambda reason, exc: reported.append(reason))
     delays = [await scaler.step() for _ in range(8)]
     assert delays == [loop_delay(n, base=1.0, cap=MAX_BACKOFF) for n in range(1, 9)]
     assert delays[-1] == MAX_BACKOFF and source.resets == 8 and scaler.failures == 8
     source.error = NotReady("waiting for the database", retry_after=2.0)
     assert await scaler.step() == 2.0  # an expected wait has its own pace, not the backoff's
+    # Every failed tick is reported (the operator counts them: shoal_autoscaler_tick_failures_total),
+    # with a cause from a fixed set so the metric's label stays bounded.
+    source.error = asyncpg.exceptions.ConnectionDoesNotExistError("gone")
+    await scaler.step()
+    source.error = UnknownQueueError("nope")
+    await scaler.step()
+    assert reported == ["other"] * 8 + ["not_ready", "database", "unknown_queue"]
