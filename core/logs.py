@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line, with the `extra=` fields as keys."""
+"""Structured logs: one JSON object per line, with the `extra=` fields as keys.
+
+A line written inside a span (a job's, under the `otel` extra: docs/tracing.md) carries its
+trace_id and span_id, so that logs and traces join.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from shoal import tracing
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -21,6 +27,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+        ids = tracing.log_ids()
+        if ids is not None:
+            out.setdefault("trace_id", ids[0])
+            out.setdefault("span_id", ids[1])
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)

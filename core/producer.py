@@ -3,7 +3,8 @@
 A batch goes in with one call to shoal.enqueue_many (INSERT) or, when large, with a binary
 COPY whose rows are encoded here. Both apply the same defaults and checks (shoal.validation);
 which one a batch takes is a question of speed only. On a connection inside a transaction the
-jobs commit or roll back with the application's data.
+jobs commit or roll back with the application's data. Each job keeps the W3C trace context of
+the span active at enqueue, if any (shoal.tracing; one per call, NULL without OpenTelemetry).
 
 (Not `shoal.enqueue`: that name is the function, re-exported by the package.)
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from shoal import names, queries
+from shoal import names, queries, tracing
 from shoal.jobs import Executor, NewJob
 from shoal.validation import Batch, Row, translate_errors, validate
 
@@ -71,6 +72,7 @@ async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
             _none_if_all(run_ats, None),
             _none_if_all(max_attempts, None),
             _none_if_all(unique_keys, None),
+            tracing.current_context(),
         )
     return [r["id"] for r in rows]
 
@@ -79,7 +81,7 @@ async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
 # PostgreSQL's binary COPY format (see COPY in the PostgreSQL manual), built here rather than by
 # asyncpg's copy_records_to_table: the columns are queries.ENQUEUE_COPY_COLUMNS, and everything in
 # a row but the id and the payload is the same for every job of a (queue, task, priority, run_at,
-# max_attempts), so it is encoded once. Half the client's time per job of the generic encoder.
+# max_attempts), so it is encoded once (with the trace context, the same for the whole batch). Half the client's time per job of the generic encoder.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, no extension
 _COPY_TRAILER = struct.pack("!h", -1)
 # Field count; id: length 8, int8; payload: length, jsonb format version 1 (then the JSON text).
@@ -87,6 +89,7 @@ _COPY_ROW_START = struct.Struct("!hiqiB").pack
 _COPY_TEXT_LENGTH = struct.Struct("!i").pack
 # priority: length 2, int2; run_at: length 8, microseconds since 2000-01-01 UTC; max_attempts: length 4, int4.
 _COPY_ROW_END = struct.Struct("!ihiqii").pack
+_COPY_NULL = struct.pack("!i", -1)  # trace_context: NULL, or its length and text
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # Jobs per CopyData message: PostgreSQL inserts the first rows while the client encodes the next.
@@ -104,8 +107,14 @@ def _no_unique_keys(jobs: list[NewJob]) -> bool:
 class _CopyRows:
     """A batch's rows in binary COPY format, given the ids and defaults from shoal.enqueue_reserve."""
 
-    def __init__(self, ids: list[int], default_run_at: datetime, default_attempts: dict[str, int]) -> None:
+    def __init__(self, ids: list[int], default_run_at: datetime, default_attempts: dict[str, int],
+                 trace_context: str | None = None) -> None:
         self.ids = ids
+        if trace_context is None:
+            self.trace_field = _COPY_NULL
+        else:
+            tc = trace_context.encode()
+            self.trace_field = _COPY_TEXT_LENGTH(len(tc)) + tc
         self.default_run_at = default_run_at
         self.default_attempts = default_attempts
         self.packed = 0
@@ -116,7 +125,7 @@ class _CopyRows:
         run_at = self.default_run_at if run_at is None else run_at
         return b"".join((_COPY_TEXT_LENGTH(len(q)), q, _COPY_TEXT_LENGTH(len(t)), t, _COPY_ROW_END(
             2, priority, 8, (run_at - _PG_EPOCH) // _MICROSECOND,
-            4, self.default_attempts[queue] if max_attempts is None else max_attempts)))
+            4, self.default_attempts[queue] if max_attempts is None else max_attempts), self.trace_field))
 
     def pack(self, rows: list[Row]) -> bytes:
         """The next rows of the batch (ids are handed out in order)."""
@@ -130,7 +139,7 @@ class _CopyRows:
             if end is None:
                 end = ends[key] = self._end(queue, task, priority, run_at, max_attempts)
             payload = text.encode()
-            extend((_COPY_ROW_START(7, 8, job_id, len(payload) + 1, 1), payload, end))
+            extend((_COPY_ROW_START(8, 8, job_id, len(payload) + 1, 1), payload, end))
         self.packed += len(rows)
         return b"".join(parts)
 
@@ -184,7 +193,8 @@ async def _reserve_and_copy(conn: asyncpg.Connection, jobs: list[NewJob], queues
             if rows is None:
                 validate(jobs)  # a bad job is reported before an unknown queue, as on the INSERT path
             raise
-    packer = _CopyRows(ids, default_run_at, dict(zip(queue_names, queue_attempts, strict=True)))
+    packer = _CopyRows(ids, default_run_at, dict(zip(queue_names, queue_attempts, strict=True)),
+                       tracing.current_context())
     failed: list[Exception] = []
 
     async def data() -> AsyncIterator[bytes]:

@@ -7,20 +7,22 @@ these are the calls to them plus a few reads. All values travel as parameters.
 from __future__ import annotations
 
 # --- enqueue ------------------------------------------------------------------
-ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $6, $7)"
+# $8: the trace context of the batch (sql/009_trace_context.sql, shoal.tracing), NULL when untraced.
+ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8)"
 # Large batches (sql/003_enqueue_copy.sql): reserve ids and read defaults, then COPY the rows in
 # with these columns, in this order.
 ENQUEUE_RESERVE = """
 SELECT ids, default_run_at, queue_names, queue_max_attempts FROM shoal.enqueue_reserve($1, $2)
 """
 ENQUEUE_COPY_TABLE = ("shoal", "jobs")
-ENQUEUE_COPY_COLUMNS = ("id", "payload", "queue", "task", "priority", "run_at", "max_attempts")
+ENQUEUE_COPY_COLUMNS = ("id", "payload", "queue", "task", "priority", "run_at", "max_attempts", "trace_context")
 
 # --- worker -------------------------------------------------------------------
 # run_at comes back as epoch seconds: asyncpg builds a float far faster than a datetime, per job.
 # $5: claim one suspect job to run alone; $6: how soon the worker starts what it claimed (rate
-# limits count starts at the end of that window). See sql/008_resilience.sql.
-CLAIM = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at "
+# limits count starts at the end of that window). See sql/008_resilience.sql. trace_context (7th,
+# sql/009_trace_context.sql): the producer's W3C trace context, NULL when it had none.
+CLAIM = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, trace_context "
          "FROM shoal.claim_leased($1, $2, $3, $4, $5, $6)")
 SUSPECT_READY = "SELECT shoal.suspect_ready($1)"
 # Outcomes of held batches lost with their connection while this worker lived on.
@@ -32,7 +34,8 @@ RECORD = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
 RECORD_TRACED = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7, $8)"
 # Held claims (sql/004_held_claims.sql, worker/holder.py): CLAIM_HELD and FINISH_HELD run inside the
 # batch's own transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
-CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, xact "
+CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, "
+              "trace_context, xact "
               "FROM shoal.claim_held($1, $2)")
 HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"

@@ -27,6 +27,7 @@ from shoal.worker.executor import Executor, TaskTable
 from shoal.worker.held import MAX_HELD, HeldBatch
 from shoal.worker.holder import Holder
 from shoal.worker.keeper import Keeper
+from shoal.worker.outcome import TracedJob
 from shoal.worker.state import WAKE_AHEAD, Shared, interval
 
 # Jobs shorter than this on average are claimed ahead (see Claimer._free_slots) and held
@@ -181,7 +182,9 @@ class Claimer:
         per_task: dict[str, tuple[bool, Any]] = {}  # task -> (batch task?, queue-wait histogram)
         for r in rows:
             task = r[1]
-            job = Job(r[0], queue, task, r[2], r[3], r[4], r[5])
+            trace_context = r[6]  # the producer's trace, if it had one (sql/009_trace_context.sql)
+            job = (Job(r[0], queue, task, r[2], r[3], r[4], r[5]) if trace_context is None
+                   else TracedJob(r[0], queue, task, r[2], r[3], r[4], r[5], trace_context))
             claimed[job.id] = job
             known = per_task.get(task)
             if known is None:

@@ -8,7 +8,7 @@ rate-limited jobs that missed their start window.
 Touches: takes from the job buffer (and its `start_by`), puts into the outcome sink (straight
 into the job's open held batch when there is one), `Shared.executing`; reads `cancelling`;
 removes the late jobs it gives back from `claimed`. Owns `busy` and `avg_duration`, which the
-claimer reads.
+claimer reads. A job enqueued with a trace context runs in a span that continues it (shoal.tracing).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import asyncpg
 
-from shoal import queries
+from shoal import queries, tracing
 from shoal.tasks import Job, TaskSpec, call
 from shoal.worker import metrics
 from shoal.worker.config import WorkerConfig
 from shoal.worker.keeper import Keeper
-from shoal.worker.outcome import Outcome, failure_outcome
+from shoal.worker.outcome import Outcome, TracedJob, failure_outcome
 from shoal.worker.state import WAKE_AHEAD, Shared
 
 log = logging.getLogger("shoal.worker")
@@ -167,6 +167,10 @@ class Executor:
     async def _run_one(self, job: Job) -> None:
         info = self._task_info(job.task)
         spec = info.spec
+        span = (tracing.start_job(job.trace_context, job.queue, job.task, job.id, job.attempt)
+                if type(job) is TracedJob else None)
+        outcome: Outcome | None = None
+        error: BaseException | None = None
         started = time.perf_counter()
         try:
             if spec is None:
@@ -186,7 +190,11 @@ class Executor:
                 raise  # shutdown past the drain timeout: the job is released, not failed
             outcome = Outcome(job, "cancel", "cancelled while running")
         except Exception as exc:
+            error = exc
             outcome = self.failure(job, exc)
+        finally:
+            if span is not None:  # outcome None: released at shutdown
+                tracing.end_job(span, outcome, error)
         elapsed = time.perf_counter() - started
         self.avg_duration += (elapsed - self.avg_duration) * 0.02
         info.ran.observe(elapsed)

@@ -19,6 +19,19 @@ from shoal.tasks import Job
 Item: TypeAlias = Job | list[Job]
 
 
+class TracedJob(Job):
+    """A claimed job enqueued with a trace context (sql/009_trace_context.sql): the executor
+    runs it in a span that continues that trace (shoal.tracing). Jobs without one stay plain
+    `Job`s, so an untraced job costs the executor one class check."""
+
+    __slots__ = ("trace_context",)
+
+    def __init__(self, id: int, queue: str, task: str, raw_payload: str, attempt: int, max_attempts: int,
+                 scheduled: float | None, trace_context: str) -> None:
+        super().__init__(id, queue, task, raw_payload, attempt, max_attempts, scheduled)
+        self.trace_context = trace_context
+
+
 @dataclass(slots=True)
 class Outcome:
     job: Job

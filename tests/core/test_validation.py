@@ -140,10 +140,11 @@ async def test_enqueue_functions_keep_their_signatures(vconn: asyncpg.Connection
     assert got == {
         "enqueue": ("queue text, task text, payload jsonb DEFAULT '{}'::jsonb, priority integer DEFAULT 0, "
                     "run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, "
-                    "max_attempts integer DEFAULT NULL::integer, unique_key text DEFAULT NULL::text", "bigint"),
+                    "max_attempts integer DEFAULT NULL::integer, unique_key text DEFAULT NULL::text, "
+                    "trace_context text DEFAULT NULL::text", "bigint"),  # sql/009: a trailing default
         "enqueue_many": ("queues text[], tasks text[], payloads jsonb[], priorities smallint[], "
-                         "run_ats timestamp with time zone[], max_attemptss integer[], unique_keys text[]",
-                         "TABLE(id bigint, created boolean)"),
+                         "run_ats timestamp with time zone[], max_attemptss integer[], unique_keys text[], "
+                         "trace_context text DEFAULT NULL::text", "TABLE(id bigint, created boolean)"),
         "enqueue_reserve": ("queues text[], n integer", "TABLE(ids bigint[], default_run_at timestamp with "
                             "time zone, queue_names text[], queue_max_attempts integer[])"),
     }
