@@ -79,7 +79,7 @@ def overview(rows: list[dict[str, Any]], *, admin: bool) -> str:
                       admin=admin, hidden=paused)
             + _action("Resume", f"/api/queues/{n}/resume", f"Resume queue {n}?", admin=admin, hidden=not paused)
             + "</td></tr>")
-    table = (f'<table id="queues"><thead><tr><th>queue</th>{head}<th>finished/min</th><th>limits</th>'
+    table = (f'<table id="queues"><thead><tr><th>queue</th>{head}<th>runs/min</th><th>limits</th>'
              f'<th>live workers</th><th>oldest ready</th><th>status</th><th></th></tr></thead>'
              f'<tbody>{"".join(body) or "<tr><td colspan=12>no queues declared</td></tr>"}</tbody></table>')
     return ("<h1>Queues</h1>" + table + '<p class="note">Counts are exact up to 10,000 per state; '
@@ -93,8 +93,7 @@ def _state_link(queue: str, state: str) -> dict[str, str]:
 
 
 def _rate(q: dict[str, Any]) -> str:
-    text = f"{q['throughput_per_minute']:.0f}" + ("+" if q["throughput_capped"] else "")
-    return text if q["throughput_counts_succeeded"] else text + "*"
+    return f"{q['throughput_per_minute']:.0f}" if q["throughput_reporting"] else "-"
 
 
 def age(seconds: float | None) -> str:

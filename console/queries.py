@@ -19,13 +19,11 @@ from typing import Any
 import asyncpg
 
 from shoal import failures, manage, queries, queues
+from shoal.config import STALE_AFTER
 from shoal.console import cursor, timing
 from shoal.console.filters import FINISHED, JobFilter
 
 SCAN_LIMIT = 10_000  # index entries read per page at most: well under 100 ms at 10M jobs (docs/console.md)
-LIVE_WORKER_SECONDS = 30.0  # a worker is live while its heartbeat is this recent (its default --stale-after)
-THROUGHPUT_WINDOW = 60.0  # seconds over which "finished per minute" is counted
-THROUGHPUT_CAP = 100_000
 # Keys before every row of each ordering (no `IS NULL OR` in the SQL: see console/sql/jobs_finished.sql).
 NEVER, FOREVER = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)  # -infinity, infinity
 MAX_ID = 2**63 - 1
@@ -127,22 +125,19 @@ async def overview(pool: asyncpg.Pool) -> list[dict[str, Any]]:
         async with pool.acquire() as conn:
             configs = await queues.list_queues(conn)
             counts = {c.queue: c for c in await queues.state_counts(conn)}
-            done = {r["queue"]: r for r in await conn.fetch(sql("throughput"), THROUGHPUT_WINDOW, THROUGHPUT_CAP)}
-            health = {}
+            health, done = {}, {}
             for q in configs:
-                health[q.name] = await conn.fetchrow(queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS, q.name,
-                                                     LIVE_WORKER_SECONDS)
+                health[q.name] = await conn.fetchrow(queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS, q.name, STALE_AFTER)
+                done[q.name] = await conn.fetchrow(queries.QUEUE_THROUGHPUT, q.name, STALE_AFTER)
     out = []
     for q in configs:
         c, h, d = counts.get(q.name), health[q.name], done.get(q.name)
         states = {s: {"n": getattr(c, s), "kind": c.kind(s), "shown": c.shown(s)} if c else
                   {"n": 0, "kind": "exact", "shown": "0"} for s in queues.STATES}
-        finished = int(d["finished"]) if d else 0
         out.append({
             "name": q.name, "paused": q.paused, "counts": states,
-            "throughput_per_minute": finished * 60.0 / THROUGHPUT_WINDOW,
-            "throughput_capped": finished >= THROUGHPUT_CAP,
-            "throughput_counts_succeeded": bool(d["keeps_succeeded"]) if d else False,
+            # Handler runs (any outcome) of the live workers between their last two heartbeats.
+            "throughput_per_minute": d["runs_per_second"] * 60.0, "throughput_reporting": d["reporting"],
             "concurrency_limit": q.concurrency_limit,
             "rate_limit": str(q.rate_limit) if q.rate_limit else None,
             "live_workers": h["live_workers"], "oldest_ready_age": h["oldest_ready_age"],

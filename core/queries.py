@@ -41,7 +41,8 @@ HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
 FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 FINISH_HELD_TRACED = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4)"
+# The beat also reports the worker's handler runs and their seconds so far (sql/010_worker_throughput.sql).
+HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4, $5, $6)"
 # rescue_held forgets dead held batches whose jobs were claimed and finished by others since.
 RESCUE = "SELECT shoal.rescue($1) + shoal.rescue_held()"
 RELEASE = "SELECT shoal.release($1, $2, $3)"
@@ -110,6 +111,9 @@ SELECT (SELECT extract(epoch FROM now() - min(h.run_at))::float8 FROM heads h WH
        (SELECT count(*)::integer FROM shoal.workers w
          WHERE w.queue = $1 AND w.heartbeat_at > now() - make_interval(secs => $2::float8)) AS live_workers
 """
+# Handler runs per second of a queue's live workers between their last two heartbeats, and the mean
+# seconds per run (sql/010_worker_throughput.sql); $2 is the live window in seconds.
+QUEUE_THROUGHPUT = "SELECT reporting, runs_per_second, seconds_per_run FROM shoal.queue_throughput($1, $2)"
 STATE_COUNTS = """
 SELECT q.name AS queue,
        count(j.id) FILTER (WHERE j.state = 'pending' AND j.run_at <= now()) AS ready,

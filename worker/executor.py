@@ -7,8 +7,8 @@ rate-limited jobs that missed their start window.
 
 Touches: takes from the job buffer (and its `start_by`), puts into the outcome sink (straight
 into the job's open held batch when there is one), `Shared.executing`; reads `cancelling`;
-removes the late jobs it gives back from `claimed`. Owns `busy` and `avg_duration`, which the
-claimer reads. A job enqueued with a trace context runs in a span that continues it (shoal.tracing).
+removes the late jobs it gives back from `claimed`; counts `Shared.runs` and `busy_seconds`
+(the keeper's beat reports them). Owns `busy` and `avg_duration`, which the claimer reads. A job enqueued with a trace context runs in a span that continues it (shoal.tracing).
 """
 
 from __future__ import annotations
@@ -198,6 +198,9 @@ class Executor:
         elapsed = time.perf_counter() - started
         self.avg_duration += (elapsed - self.avg_duration) * 0.02
         info.ran.observe(elapsed)
+        shared = self.shared
+        shared.runs += 1
+        shared.busy_seconds += elapsed
         batch = self._batch_of.get(job.id)
         if batch is not None and not self._lost:
             batch.add(outcome)  # the common case of a fast queue, without the sink's loop
@@ -232,4 +235,6 @@ class Executor:
         hist = self._task_info(spec.name).ran
         for _ in jobs:
             hist.observe(elapsed)
+        self.shared.runs += len(jobs)
+        self.shared.busy_seconds += elapsed * len(jobs)  # each item took the call's time
         self._put(outcomes)

@@ -130,7 +130,8 @@ class Keeper:
             # now, which turns its unstarted jobs into leases, or forgets them if it is lost.
             await self.holder.close_all(timeout=cfg.stale_after)
         claims_before = shared.claims_started
-        rows = await self.pool.fetch(queries.HEARTBEAT, cfg.worker_id, cfg.queue, socket.gethostname(), os.getpid())
+        rows = await self.pool.fetch(queries.HEARTBEAT, cfg.worker_id, cfg.queue, socket.gethostname(), os.getpid(),
+                                     shared.runs, shared.busy_seconds)
         for r in rows:
             if r["cancel_requested"]:
                 self._cancel_job(r["id"])

@@ -134,6 +134,10 @@ class Shared:
         self.executing: dict[int, asyncio.Task[None]] = {}  # executor: job id -> runner executing it
         self.cancelling: set[int] = set()  # keeper adds, completer removes once recorded
         self.claims_started = 0  # claimer; the keeper's beat checks no claim raced it
+        # Executor: handler runs finished (any outcome) and their summed seconds; the keeper's beat
+        # reports both (sql/010_worker_throughput.sql), from which readers get the queue's throughput.
+        self.runs = 0
+        self.busy_seconds = 0.0
         self.claims_in_flight = 0
         self.rate_limited = False  # keeper (queue settings): claim no more than can start now
         self.suspects = False  # keeper, holder, claimer: suspect jobs wait to run alone (sql/008)

@@ -66,9 +66,7 @@
         const c = cell(q.name, s);
         if (c) setText(c.querySelector("a") || c, q.counts[s].shown);
       }
-      let rate = Math.round(q.throughput_per_minute) + (q.throughput_capped ? "+" : "");
-      if (!q.throughput_counts_succeeded) rate += "*";
-      setText(cell(q.name, "throughput"), rate);
+      setText(cell(q.name, "throughput"), q.throughput_reporting ? Math.round(q.throughput_per_minute) : "-");
       setText(cell(q.name, "live_workers"), q.live_workers);
       setText(cell(q.name, "oldest_ready_age"), age(q.oldest_ready_age));
       const p = cell(q.name, "paused");

@@ -215,3 +215,19 @@ async def test_user_data_is_rendered_as_text(db_url: str, conn: asyncpg.Connecti
         r = await c.get("/jobs", params={"lookup": "<b>key</b>"}, allow_redirects=False)
         assert r.status == 302 and r.headers["Location"] == f"/jobs/{key}"
         assert (await c.get("/jobs?lookup=nothing-like-it")).status == 404
+
+
+async def test_the_console_overview_shows_the_reported_throughput(db_url: str, conn: asyncpg.Connection) -> None:
+    await queues.declare_queue(conn, "shown")
+    await queues.declare_queue(conn, "quiet")
+    # Two live workers: 120 runs over 2 s and 30 runs over 3 s since their previous beats.
+    await conn.execute("""
+        INSERT INTO shoal.workers (id, queue, heartbeat_at, prev_heartbeat_at, runs, prev_runs)
+        VALUES ('a-1-x', 'shown', now(), now() - interval '2 seconds', 1120, 1000),
+               ('b-1-x', 'shown', now(), now() - interval '3 seconds', 30, 0)""")
+    async with console(db_url) as c:
+        body = await (await c.get("/api/queues")).json()
+        html = await (await c.get("/")).text()
+    rates = {q["name"]: (q["throughput_reporting"], round(q["throughput_per_minute"])) for q in body["queues"]}
+    assert rates == {"shown": (2, (60 + 10) * 60), "quiet": (0, 0)}
+    assert "4200" in html
