@@ -120,3 +120,25 @@ def test_release_publishes_what_the_version_check_approved() -> None:
     assert jobs["pypi"]["permissions"]["id-token"] == "write"
     assert any("pypa/gh-action-pypi-publish" in step.get("uses", "") for step in jobs["pypi"]["steps"])
     assert "password" not in str(jobs["pypi"])
+
+
+def test_the_chart_describes_itself() -> None:
+    """`helm show readme` and `helm show chart` give a chart repository what it lists: a README that
+    covers every top-level value, an icon, a home page and the sources; `helm lint` asks for nothing."""
+    from tools import helm
+
+    chart_dir = REPO_ROOT / "charts" / "shoal"
+    readme = subprocess.run([str(helm()), "show", "readme", str(chart_dir)], capture_output=True, text=True,
+                            timeout=60, check=True).stdout
+    values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    missing = [key for key in values if f"`{key}" not in readme]
+    assert not missing, f"charts/shoal/README.md does not mention {missing}"
+    chart = yaml.safe_load(subprocess.run([str(helm()), "show", "chart", str(chart_dir)], capture_output=True,
+                                          text=True, timeout=60, check=True).stdout)
+    assert chart["icon"].startswith("https://") and chart["icon"].endswith("/charts/shoal/icon.svg")
+    assert (chart_dir / "icon.svg").read_text().lstrip().startswith("<svg")
+    assert chart["home"].startswith("https://") and chart["sources"]
+    assert project()["urls"]["Source"] in chart["sources"], "the chart and the package name one repository"
+    lint = subprocess.run([str(helm()), "lint", str(chart_dir), "--set", "database.url=postgresql://u:p@h/db"],
+                          capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0 and "[INFO]" not in lint.stdout, lint.stdout
