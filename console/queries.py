@@ -131,7 +131,7 @@ async def overview(pool: asyncpg.Pool) -> list[dict[str, Any]]:
                 done[q.name] = await conn.fetchrow(queries.QUEUE_THROUGHPUT, q.name, STALE_AFTER)
     out = []
     for q in configs:
-        c, h, d = counts.get(q.name), health[q.name], done.get(q.name)
+        c, h, d = counts.get(q.name), health[q.name], done[q.name]
         states = {s: {"n": getattr(c, s), "kind": c.kind(s), "shown": c.shown(s)} if c else
                   {"n": 0, "kind": "exact", "shown": "0"} for s in queues.STATES}
         out.append({

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 import asyncpg
 
@@ -16,7 +16,10 @@ import asyncpg
 # application can enqueue inside its own transaction, or a pool for the common case.
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 # The states a job does not leave by itself (a retry starts it again); `JobResult.state` is one.
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# A waiter reads them from shoal.jobs (queries.JOBS_FINAL selects these three only), and a job
+# pruned by retention reads as "succeeded" (only succeeded jobs can vanish before being waited on).
+FinalState: TypeAlias = Literal["succeeded", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset(get_args(FinalState))
 
 
 @dataclass
@@ -38,7 +41,7 @@ class JobResult:
     """A job's final state as seen by a waiter."""
 
     id: int
-    state: str
+    state: FinalState
     attempts: int | None = None
     error: str | None = None
     finished_at: datetime | None = None

@@ -1,7 +1,7 @@
 """The producer's side: `enqueue` and `enqueue_many`, and the two ways a batch reaches the table.
 
 A batch goes in with one call to shoal.enqueue_many (INSERT) or, when large, with a binary
-COPY whose rows are encoded here. Both apply the same defaults and checks (shoal.validation);
+COPY whose rows shoal.copy_rows encodes (for shoal.sync's psycopg producer too). Both apply the same defaults and checks (shoal.validation);
 which one a batch takes is a question of speed only. On a connection inside a transaction the
 jobs commit or roll back with the application's data. Each job keeps the W3C trace context of
 the span active at enqueue, if any (shoal.tracing; one per call, NULL without OpenTelemetry).
@@ -11,14 +11,14 @@ the span active at enqueue, if any (shoal.tracing; one per call, NULL without Op
 
 from __future__ import annotations
 
-import struct
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from shoal import names, queries, tracing
+from shoal import queries, tracing
+from shoal.copy_rows import COPY_CHUNK, COPY_HEADER, COPY_TRAILER, CopyRows, no_unique_keys, plain_queue_names
 from shoal.jobs import Executor, NewJob
 from shoal.validation import Batch, Row, translate_errors, validate
 
@@ -51,7 +51,7 @@ async def enqueue_many(db: Executor, jobs: Iterable[NewJob]) -> list[int]:
     call to shoal.enqueue_many; both apply the same defaults and refuse unknown queues.
     """
     batch = list(jobs)  # a copy even of a list: the COPY path reads it across awaits
-    if len(batch) >= COPY_MIN_BATCH and _no_unique_keys(batch):
+    if len(batch) >= COPY_MIN_BATCH and no_unique_keys(batch):
         return await _enqueue_copy(db, batch)
     return await _enqueue_insert(db, validate(batch))
 
@@ -78,79 +78,12 @@ async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
 
 
 # --- enqueue through COPY -------------------------------------------------------------------
-# PostgreSQL's binary COPY format (see COPY in the PostgreSQL manual), built here rather than by
-# asyncpg's copy_records_to_table: the columns are queries.ENQUEUE_COPY_COLUMNS, and everything in
-# a row but the id and the payload is the same for every job of a (queue, task, priority, run_at,
-# max_attempts), so it is encoded once (with the trace context, the same for the whole batch). Half the client's time per job of the generic encoder.
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, no extension
-_COPY_TRAILER = struct.pack("!h", -1)
-# Field count; id: length 8, int8; payload: length, jsonb format version 1 (then the JSON text).
-_COPY_ROW_START = struct.Struct("!hiqiB").pack
-_COPY_TEXT_LENGTH = struct.Struct("!i").pack
-# priority: length 2, int2; run_at: length 8, microseconds since 2000-01-01 UTC; max_attempts: length 4, int4.
-_COPY_ROW_END = struct.Struct("!ihiqii").pack
-_COPY_NULL = struct.pack("!i", -1)  # trace_context: NULL, or its length and text
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-# Jobs per CopyData message: PostgreSQL inserts the first rows while the client encodes the next.
-_COPY_CHUNK = 500
-
-
-def _no_unique_keys(jobs: list[NewJob]) -> bool:
-    """Whether COPY may take the batch: it inserts blindly, with no look-up of live unique keys."""
-    try:
-        return {job.unique_key for job in jobs} == {None}
-    except TypeError:  # an unhashable key: let validation name it
-        return False
-
-
-class _CopyRows:
-    """A batch's rows in binary COPY format, given the ids and defaults from shoal.enqueue_reserve."""
-
-    def __init__(self, ids: list[int], default_run_at: datetime, default_attempts: dict[str, int],
-                 trace_context: str | None = None) -> None:
-        self.ids = ids
-        if trace_context is None:
-            self.trace_field = _COPY_NULL
-        else:
-            tc = trace_context.encode()
-            self.trace_field = _COPY_TEXT_LENGTH(len(tc)) + tc
-        self.default_run_at = default_run_at
-        self.default_attempts = default_attempts
-        self.packed = 0
-        self._ends: dict[tuple[Any, ...], bytes] = {}
-
-    def _end(self, queue: str, task: str, priority: int, run_at: datetime | None, max_attempts: int | None) -> bytes:
-        q, t = queue.encode(), task.encode()
-        run_at = self.default_run_at if run_at is None else run_at
-        return b"".join((_COPY_TEXT_LENGTH(len(q)), q, _COPY_TEXT_LENGTH(len(t)), t, _COPY_ROW_END(
-            2, priority, 8, (run_at - _PG_EPOCH) // _MICROSECOND,
-            4, self.default_attempts[queue] if max_attempts is None else max_attempts), self.trace_field))
-
-    def pack(self, rows: list[Row]) -> bytes:
-        """The next rows of the batch (ids are handed out in order)."""
-        parts: list[bytes] = []
-        extend = parts.extend
-        ends = self._ends
-        ids = self.ids[self.packed:self.packed + len(rows)]
-        for job_id, (queue, task, text, priority, run_at, max_attempts, _) in zip(ids, rows, strict=True):
-            key = (queue, task, priority, run_at, max_attempts)
-            end = ends.get(key)
-            if end is None:
-                end = ends[key] = self._end(queue, task, priority, run_at, max_attempts)
-            payload = text.encode()
-            extend((_COPY_ROW_START(8, 8, job_id, len(payload) + 1, 1), payload, end))
-        self.packed += len(rows)
-        return b"".join(parts)
-
-
-def _plain_queue_names(jobs: list[NewJob]) -> set[str] | None:
-    """The batch's distinct queues if every one is a valid name, else None."""
-    try:
-        queues = {job.queue for job in jobs}
-    except TypeError:
-        return None
-    return queues if all(type(q) is str and names.QUEUE_NAME.fullmatch(q) for q in queues) else None
+# The rows are encoded by shoal.copy_rows (shared with shoal.sync); the old private names stay for
+# the tests and benchmarks that reach for them.
+_COPY_HEADER, _COPY_TRAILER, _COPY_CHUNK = COPY_HEADER, COPY_TRAILER, COPY_CHUNK
+_CopyRows = CopyRows
+_no_unique_keys = no_unique_keys
+_plain_queue_names = plain_queue_names
 
 
 async def _enqueue_copy(db: Executor, jobs: list[NewJob]) -> list[int]:
@@ -173,7 +106,7 @@ async def _copy_on(conn: asyncpg.Connection, jobs: list[NewJob]) -> list[int]:
     if conn.is_in_transaction():
         batch = validate(jobs)
         return await _reserve_and_copy(conn, jobs, batch.queues, batch.rows)
-    queues = _plain_queue_names(jobs)
+    queues = plain_queue_names(jobs)
     rows = None
     if queues is None:  # some queue is not a valid name: name the first bad job before any statement
         batch = validate(jobs)
@@ -193,24 +126,24 @@ async def _reserve_and_copy(conn: asyncpg.Connection, jobs: list[NewJob], queues
             if rows is None:
                 validate(jobs)  # a bad job is reported before an unknown queue, as on the INSERT path
             raise
-    packer = _CopyRows(ids, default_run_at, dict(zip(queue_names, queue_attempts, strict=True)),
+    packer = CopyRows(ids, default_run_at, dict(zip(queue_names, queue_attempts, strict=True)),
                        tracing.current_context())
     failed: list[Exception] = []
 
     async def data() -> AsyncIterator[bytes]:
-        chunk = _COPY_HEADER
-        for start in range(0, len(jobs), _COPY_CHUNK):
+        chunk = COPY_HEADER
+        for start in range(0, len(jobs), COPY_CHUNK):
             if rows is not None:
-                chunk += packer.pack(rows[start:start + _COPY_CHUNK])
+                chunk += packer.pack(rows[start:start + COPY_CHUNK])
             else:
                 try:
-                    chunk += packer.pack(validate(jobs, start, start + _COPY_CHUNK).rows)
+                    chunk += packer.pack(validate(jobs, start, start + COPY_CHUNK).rows)
                 except Exception as exc:  # end the COPY cleanly; raised below, which rolls back
                     failed.append(exc)
                     break
             yield chunk
             chunk = b""
-        yield chunk + _COPY_TRAILER
+        yield chunk + COPY_TRAILER
 
     schema, table = queries.ENQUEUE_COPY_TABLE
     await conn.copy_to_table(table, schema_name=schema, columns=queries.ENQUEUE_COPY_COLUMNS,

@@ -16,6 +16,15 @@ SELECT ids, default_run_at, queue_names, queue_max_attempts FROM shoal.enqueue_r
 """
 ENQUEUE_COPY_TABLE = ("shoal", "jobs")
 ENQUEUE_COPY_COLUMNS = ("id", "payload", "queue", "task", "priority", "run_at", "max_attempts", "trace_context")
+# The same three through psycopg (shoal.sync), whose COPY takes a statement rather than a table, and
+# which sends a list of ints as whatever array type fits its values and JSON texts as text[]: the
+# casts give the functions the types they take.
+ENQUEUE_MANY_TYPED = ("SELECT id, created FROM shoal.enqueue_many($1::text[], $2::text[], $3::jsonb[], "
+                      "$4::smallint[], $5::timestamptz[], $6::integer[], $7::text[], $8::text)")
+ENQUEUE_RESERVE_TYPED = ("SELECT ids, default_run_at, queue_names, queue_max_attempts "
+                         "FROM shoal.enqueue_reserve($1::text[], $2::integer)")
+ENQUEUE_COPY = (f"COPY {ENQUEUE_COPY_TABLE[0]}.{ENQUEUE_COPY_TABLE[1]} ({', '.join(ENQUEUE_COPY_COLUMNS)}) "
+                "FROM STDIN (FORMAT binary)")
 
 # --- worker -------------------------------------------------------------------
 # run_at comes back as epoch seconds: asyncpg builds a float far faster than a datetime, per job.

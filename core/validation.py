@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeAlias
 import asyncpg
 
 from shoal import names
-from shoal.errors import UnknownQueueError, ValidationError
+from shoal.errors import ShoalError, UnknownQueueError, ValidationError
 from shoal.jobs import NewJob
 
 # The column types: smallint priority, integer max_attempts. run_at strictly between Python's
@@ -228,21 +228,31 @@ def validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) ->
     return Batch(rows, valid_queues)
 
 
-def _sql_validation_error(exc: asyncpg.PostgresError, jobs: int | None) -> ValidationError:
-    """SHV01 as the client would have raised it: 'task: <problem>' plus the HINT."""
-    message = str(getattr(exc, "message", None) or exc)
+def database_refusal(sqlstate: str | None, message: str, column: str | None, hint: str | None,
+                     jobs: int | None = None) -> ShoalError | None:
+    """The typed error for a refusal of the enqueue functions, whichever driver reported it
+    (asyncpg here, psycopg in shoal.sync): the same refusal gives the same error on both paths.
+    None when the error is not one of ours.
+
+    `message`: the primary message; `column`, `hint`: the error's COLUMN and HINT fields. SHV01 is
+    turned into the ValidationError the client would have raised ('task: <problem>' plus the HINT).
+    """
+    if sqlstate == _SQLSTATE_UNKNOWN_QUEUE:
+        m = _UNKNOWN_QUEUE.search(message)
+        return UnknownQueueError(m.group(1) if m else "?")
+    if sqlstate != SQLSTATE_INVALID:
+        return None
     field, _, problem = message.partition(": ")
-    field = getattr(exc, "column_name", None) or field
+    field = column or field
     element = _SQL_ELEMENT.fullmatch(field) if jobs else None
     if element and jobs:
         field = f"jobs[{int(element[2]) - 1}].{element[1]}" if jobs > 1 else element[1]
-    hint = getattr(exc, "hint", None)
     return ValidationError(field, f"{problem}: {hint}" if hint else problem)
 
 
 @contextlib.contextmanager
 def translate_errors(jobs: int | None = None) -> Iterator[None]:
-    """Turn the database's refusals into the typed errors the API documents.
+    """Turn the database's refusals (through asyncpg) into the typed errors the API documents.
 
     `jobs`: the number of jobs of the shoal.enqueue_many call inside; its array elements
     ('tasks[2]') are then named as the client names them ('jobs[1].task', or 'task' alone).
@@ -250,13 +260,11 @@ def translate_errors(jobs: int | None = None) -> Iterator[None]:
     try:
         yield
     except asyncpg.PostgresError as exc:
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate == _SQLSTATE_UNKNOWN_QUEUE:
-            m = _UNKNOWN_QUEUE.search(str(exc))
-            raise UnknownQueueError(m.group(1) if m else "?") from None
-        if sqlstate == SQLSTATE_INVALID:
-            raise _sql_validation_error(exc, jobs) from None
-        raise
+        error = database_refusal(getattr(exc, "sqlstate", None), str(getattr(exc, "message", None) or exc),
+                                 getattr(exc, "column_name", None), getattr(exc, "hint", None), jobs)
+        if error is None:
+            raise
+        raise error from None
 
 
 # The names `Row`, `Batch` and `validate` had while private. bench/enqueue_paths.py --baseline REF

@@ -1,0 +1,37 @@
+"""Shoal's migrations applied through a psycopg connection (Django's `shoal_migrate` uses it).
+
+The same files, lock and bookkeeping as shoal.migrate (asyncpg), so either tool can migrate a
+database the other started: through the application's own connection, with its credentials and
+options, rather than a second driver and a DSN rebuilt from framework settings.
+"""
+
+from __future__ import annotations
+
+from shoal.migrate import _BOOTSTRAP, _LOCK_KEY, available  # the one definition of the lock and table
+from shoal.sync._db import Connection, cursor
+
+
+def migrate(conn: Connection, target: int | None = None) -> list[int]:
+    """Apply the pending migrations numbered up to `target` (all by default), each in its own
+    transaction; returns the versions applied. `conn` must be in autocommit mode (outside any
+    transaction): the advisory lock is held for the session, across the migrations' transactions."""
+    if not conn.autocommit:
+        raise ValueError("shoal.sync.migrate needs a connection in autocommit mode (outside a transaction)")
+    applied: list[int] = []
+    with cursor(conn) as cur:
+        cur.execute("SELECT pg_advisory_lock($1)", (_LOCK_KEY,))
+        try:
+            cur.execute(_BOOTSTRAP)
+            cur.execute("SELECT version FROM shoal.migrations")
+            done = {row[0] for row in cur.fetchall()}
+            for mig in available():
+                if mig.version in done or (target is not None and mig.version > target):
+                    continue
+                with conn.transaction():
+                    cur.execute(mig.sql)
+                    cur.execute("INSERT INTO shoal.migrations (version, name) VALUES ($1, $2)",
+                                (mig.version, mig.name))
+                applied.append(mig.version)
+        finally:
+            cur.execute("SELECT pg_advisory_unlock($1)", (_LOCK_KEY,))
+    return applied
