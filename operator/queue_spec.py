@@ -98,7 +98,8 @@ class Retention:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """``spec.autoscaling``; `target_per_replica` None means ``spec.concurrency``."""
+    """``spec.autoscaling``; `target_per_replica` None means ``spec.concurrency``;
+    `drain_within_seconds` None means no drain-time objective."""
 
     min_replicas: int = 1
     max_replicas: int = 10
@@ -106,6 +107,7 @@ class Autoscaling:
     scale_down_delay_seconds: float = 60.0
     scale_to_zero: bool = False
     poll_interval_seconds: float = 1.0
+    drain_within_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ AUTOSCALING = {
     "scaleDownDelaySeconds": ("scale_down_delay_seconds", number(minimum=0)),
     "scaleToZero": ("scale_to_zero", boolean),
     "pollIntervalSeconds": ("poll_interval_seconds", number(above=0, maximum=3600)),
+    "drainWithinSeconds": ("drain_within_seconds", integer(minimum=1, maximum=86400)),
 }
 TOP = {
     "concurrency": ("concurrency", integer(minimum=1, maximum=10000)),
@@ -284,6 +287,7 @@ POLICY_FIELDS = {
     "concurrency": "spec.concurrency",
     "rate_limit": "spec.rateLimit",
     "concurrency_limit": "spec.concurrencyLimit",
+    "drain_within": "spec.autoscaling.drainWithinSeconds",
 }
 
 
@@ -301,6 +305,7 @@ def scaling_policy(spec: QueueSpec) -> Policy:
             scale_to_zero=auto.scale_to_zero,
             rate_limit=spec.rate_limit.per_second if spec.rate_limit else None,
             concurrency_limit=spec.concurrency_limit,
+            drain_within=auto.drain_within_seconds,
         )
     except ValidationError as exc:
         raise translate_error(exc, POLICY_FIELDS) from None

@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     up.add_argument("--max-workers", type=int, default=4)
     up.add_argument("--scale-down-delay", type=float, default=5.0)
     up.add_argument("--interval", type=float, default=1.0, help="seconds between autoscaler ticks")
+    up.add_argument("--drain-within", type=float, default=None, metavar="SECONDS",
+                    help="drain-time objective: once job speed is measured, run enough workers that a backlog "
+                         "is done within SECONDS (default: enough workers to run every job at once)")
     up.add_argument("--demo", action="store_true", help="enqueue a burst, drain it, scale back down, exit")
     up.add_argument("--demo-jobs", type=int, default=3000)
     up.add_argument("--demo-job-ms", type=int, default=20)
@@ -50,7 +53,7 @@ def register(sub: Any) -> None:
 
 # The decision's names for the knobs `shoal up` takes as flags: its errors name the flag.
 FLAGS = {"min_replicas": "--min-workers", "max_replicas": "--max-workers", "concurrency": "--concurrency",
-         "scale_down_delay": "--scale-down-delay"}
+         "scale_down_delay": "--scale-down-delay", "drain_within": "--drain-within"}
 
 
 def up_policy(args: argparse.Namespace) -> Policy:
@@ -59,7 +62,8 @@ def up_policy(args: argparse.Namespace) -> Policy:
     the queue (`shoal queue pause`, `shoal queue create --rate-limit`), like the workers do."""
     try:
         return Policy(min_replicas=args.min_workers, max_replicas=args.max_workers, concurrency=args.concurrency,
-                      scale_down_delay=args.scale_down_delay, scale_to_zero=args.min_workers == 0)
+                      scale_down_delay=args.scale_down_delay, scale_to_zero=args.min_workers == 0,
+                      drain_within=getattr(args, "drain_within", None))
     except ValidationError as exc:
         raise translate_error(exc, FLAGS) from None
 

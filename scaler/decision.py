@@ -10,9 +10,11 @@ The model, in order (see docs/autoscaling.md for a worked example):
 
 1. **Need.** ``ceil((ready + running) / target_per_replica)``. Running jobs count as work:
    a scaler that counts only ready rows sees an empty backlog the moment workers are
-   saturated, scales down, the backlog grows again, and it flaps.
+   saturated, scales down, the backlog grows again, and it flaps. With a drain objective
+   (``drain_within``) and a measured replica speed, instead the fewest replicas that clear
+   that backlog within the objective (`shoal.scaler.drain`).
 2. **Useful.** Replicas that the queue's global concurrency cap or rate limit would leave
-   idle are never added (see `useful_replicas`).
+   idle are never added (see `shoal.scaler.limits.useful_replicas`).
 3. **Bounds.** Clamp to ``[max(min_replicas, 1), max_replicas]``; zero is a separate state,
    reachable only with ``scale_to_zero``.
 4. **Stabilize.** Scale up at once. Scale down only to the highest recommendation seen in
@@ -32,29 +34,13 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from shoal.errors import ValidationError
+from shoal.scaler import drain
+from shoal.scaler.limits import ceil_div, plural, useful_replicas
+
+__all__ = ["Decision", "Direction", "Observation", "Policy", "ScalerState", "decide", "translate_error",
+           "useful_replicas"]
 
 Direction = Literal["up", "down", "none"]
-
-# Float noise guard for ceil(): 3.0000000000004 useful replicas is 3, not 4.
-_EPSILON = 1e-9
-
-
-def _ceil_div(numerator: int, denominator: int) -> int:
-    """Exact integer ceiling division (no float rounding on large backlogs)."""
-    return -(-numerator // denominator)
-
-
-# Bound for float ratios before ceil(), so a near-zero throughput cannot overflow an int.
-_HUGE = 1_000_000_000
-
-
-def _ceil_float(value: float) -> int:
-    """Ceil of a non-negative float ratio, at least 1 and at most _HUGE."""
-    return max(1, math.ceil(min(value, float(_HUGE)) - _EPSILON))
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _seconds(value: float) -> str:
@@ -71,7 +57,10 @@ class Observation:
     subresource's ``spec.replicas``, or the number of local worker processes wanted), not
     the number of ready pods: pods that are still starting would otherwise look like a
     shortfall and be asked for again. `now` is any monotonic clock in seconds; only
-    differences matter. `throughput` is jobs/s completed recently, or None when unknown.
+    differences matter. `throughput` is jobs/s completed recently by the `reporting`
+    workers, or None when unknown; `seconds_per_run` their mean job duration (None: no run
+    measured); `oldest_ready_age` how long the oldest ready job has waited (None: unknown or
+    none ready). They feed the drain objective and the rate-limit ceiling (`shoal.scaler.drain`).
     """
 
     ready: int
@@ -80,6 +69,9 @@ class Observation:
     now: float
     ready_capped: bool = False
     throughput: float | None = None
+    seconds_per_run: float | None = None
+    reporting: int = 0
+    oldest_ready_age: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("ready", "running", "current_replicas"):
@@ -89,6 +81,12 @@ class Observation:
             raise ValidationError("now", "must be a finite number of seconds")
         if self.throughput is not None and not (math.isfinite(self.throughput) and self.throughput >= 0):
             raise ValidationError("throughput", "must be a finite number of jobs/s >= 0, or None")
+        if self.reporting < 0:
+            raise ValidationError("reporting", "must be >= 0")
+        for name in ("seconds_per_run", "oldest_ready_age"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValidationError(name, "must be a finite number of seconds >= 0, or None")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +106,9 @@ class Policy:
     (jobs running at once, across all replicas) are the queue's global limits, used only to
     avoid adding replicas that could not get work. Expected job duration is deliberately
     not a knob: it is rarely known up front, and when it matters (rate limits) it is
-    estimated from what is measured.
+    estimated from what is measured. `drain_within` (seconds) is the drain-time objective:
+    once a replica's speed is measured, replicas are chosen so the backlog clears within it
+    (`shoal.scaler.drain`) instead of by `target_per_replica`.
     """
 
     min_replicas: int
@@ -119,6 +119,7 @@ class Policy:
     scale_to_zero: bool = False
     rate_limit: float | None = None
     concurrency_limit: int | None = None
+    drain_within: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -138,6 +139,8 @@ class Policy:
             raise ValidationError("rate_limit", "must be > 0 jobs/s, or None for no limit")
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
             raise ValidationError("concurrency_limit", "must be >= 1, or None for no limit")
+        if self.drain_within is not None and not (math.isfinite(self.drain_within) and self.drain_within >= 1):
+            raise ValidationError("drain_within", "must be a number of seconds >= 1, or None for no objective")
 
     @property
     def target(self) -> int:
@@ -198,11 +201,13 @@ class ScalerState:
 
     `idle_since` is when the queue was first seen with no ready and no running job (None
     while it has work); `last_scale_time` is when a decision last changed the count.
+    `speed` is the smoothed speed of a replica (`shoal.scaler.drain.Speed`).
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
     last_scale_time: float | None = None
     idle_since: float | None = None
+    speed: drain.Speed = drain.Speed()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,58 +226,16 @@ class Decision:
     recommendation: int
 
 
-def useful_replicas(obs: Observation, policy: Policy) -> tuple[int | None, str]:
-    """The most replicas the queue's global limits can keep busy, and why; (None, "") if unlimited.
-
-    * Concurrency cap: at most ``concurrency_limit`` jobs run at once across all pods, so
-      ``ceil(concurrency_limit / concurrency)`` pods are enough to run all of them.
-    * Rate limit: useful pods = rate × mean job duration / concurrency. Job duration is
-      not a knob, so it is measured with Little's law (duration = running / throughput).
-      Equivalently, a busy pod completes ``concurrency × throughput / running`` jobs/s and
-      the cap is the rate divided by that per-pod share. This is deliberately *not*
-      ``throughput / current_replicas``: that ratio falls whenever pods are throttled or
-      short of work, and dividing the rate by it would let the cap creep up by a pod per
-      tick while the rate limit is already saturated. While throughput or running is
-      unknown or zero the cap is ``ceil(rate_limit / concurrency)``, which assumes jobs
-      take about a second: an upper bound for faster jobs, and for slower ones a cautious
-      start that is replaced by the measured cap as soon as jobs complete.
-    """
-    caps: list[tuple[int, str]] = []
-    if policy.concurrency_limit is not None:
-        n = _ceil_div(policy.concurrency_limit, policy.concurrency)
-        caps.append(
-            (
-                n,
-                f"concurrency limit {policy.concurrency_limit} fills "
-                f"{_plural(n, 'replica')} at {policy.concurrency}/replica",
-            )
-        )
-    if policy.rate_limit is not None:
-        rate = policy.rate_limit
-        if obs.throughput and obs.running > 0:
-            per_pod = policy.concurrency * obs.throughput / obs.running
-            # rate / per_pod, arranged so a tiny throughput cannot underflow to a zero divisor.
-            n = _ceil_float(rate * obs.running / (policy.concurrency * obs.throughput))
-            why = f"rate limit {rate:g}/s at {per_pod:.3g}/s per busy replica fills {_plural(n, 'replica')}"
-        else:
-            n = _ceil_float(rate / policy.concurrency)
-            why = (
-                f"rate limit {rate:g}/s with job duration not yet measured allows "
-                f"{_plural(n, 'replica')} at {policy.concurrency}/replica"
-            )
-        caps.append((n, why))
-    if not caps:
-        return None, ""
-    return min(caps, key=lambda cap: cap[0])
-
-
-def _recommend(obs: Observation, policy: Policy) -> tuple[int, str]:
-    """This tick's recommendation (no memory) and the sentence explaining it."""
-    target = policy.target
-    need = _ceil_div(obs.ready + obs.running, target)
-    ready = f"≥{obs.ready}" if obs.ready_capped else str(obs.ready)
-    why = f"{ready} ready + {obs.running} running need {_plural(need, 'replica')} at {target}/replica"
-    rec = need
+def _recommend(obs: Observation, policy: Policy, speed: drain.Speed) -> tuple[int, str]:
+    """This tick's recommendation (memory: only the smoothed speed) and the sentence explaining it."""
+    by_objective = drain.need(obs, policy, speed)
+    if by_objective is not None:
+        rec, why = by_objective
+    else:
+        target = policy.target
+        rec = ceil_div(obs.ready + obs.running, target)
+        ready = f"≥{obs.ready}" if obs.ready_capped else str(obs.ready)
+        why = f"{ready} ready + {obs.running} running need {plural(rec, 'replica')} at {target}/replica"
     if obs.ready_capped and rec < obs.current_replicas:
         # The count hit its bound: the backlog is larger than measured, so this figure is a
         # lower bound on the need. A lower bound can justify scaling up, never down.
@@ -281,7 +244,7 @@ def _recommend(obs: Observation, policy: Policy) -> tuple[int, str]:
     if rec > policy.max_replicas:
         rec = policy.max_replicas
         why += f"; maximum is {policy.max_replicas}"
-    cap, cap_why = useful_replicas(obs, policy)
+    cap, cap_why = useful_replicas(obs, policy, speed.seconds_per_run)
     if cap is not None and rec > cap:
         rec = cap
         why += f"; {cap_why}"
@@ -325,7 +288,8 @@ def decide(obs: Observation, policy: Policy, state: ScalerState) -> tuple[Decisi
     now = obs.now
     current = obs.current_replicas
     delay = policy.scale_down_delay
-    rec, why = _recommend(obs, policy)
+    speed = drain.observe(state.speed, obs, policy)
+    rec, why = _recommend(obs, policy, speed)
 
     idle = obs.ready == 0 and obs.running == 0 and not obs.ready_capped
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
@@ -385,6 +349,7 @@ def decide(obs: Observation, policy: Policy, state: ScalerState) -> tuple[Decisi
         state,
         recommendations=window,
         idle_since=idle_since,
+        speed=speed,
         last_scale_time=now if direction != "none" else state.last_scale_time,
     )
     return Decision(desired=desired, reason=reason, direction=direction, recommendation=rec), new_state

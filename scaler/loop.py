@@ -43,8 +43,9 @@ import asyncpg
 
 from shoal.backoff import loop_delay
 from shoal.errors import UnknownQueueError
+from shoal.scaler import drain
 from shoal.scaler.decision import Decision, Observation, Policy, ScalerState, decide
-from shoal.scaler.measure import EnqueueWakeups, Measurement, create_measure_pool, measure
+from shoal.scaler.measure import EnqueueWakeups, Measurement, count_cap, create_measure_pool, measure
 
 __all__ = ["Autoscaler", "EnqueueWakeups", "FixedSource", "Measurement", "NotReady", "Plan", "ScaleTarget",
            "Source", "TickReport", "create_measure_pool", "measure"]
@@ -270,7 +271,9 @@ class Autoscaler:
     async def tick(self, plan: Plan) -> TickReport:
         """Measure, decide and (if it changed) write the replica count; report it."""
         started = time.perf_counter()
-        m = await measure(plan.pool, plan.queue, plan.policy)
+        # With a drain objective the backlog is counted as far as the objective can use it.
+        cap = drain.count_cap(plan.policy, self.state.speed, count_cap(plan.policy))
+        m = await measure(plan.pool, plan.queue, plan.policy, cap=cap)
         policy = replace(plan.policy, rate_limit=m.rate_limit, concurrency_limit=m.concurrency_limit)
         current = await self.target.current_replicas()
         autoscaling = policy.autoscaling_enabled or not self.hands_off_when_fixed
@@ -296,9 +299,21 @@ class Autoscaler:
     def _decide(self, m: Measurement, policy: Policy, current: int) -> Decision:
         # Paused: only running jobs count (they finish on the replicas they have); the backlog
         # waits for the queue to resume, which notifies and so wakes the loop like a burst.
+        # Throughput (from the workers' heartbeats) feeds the drain objective and the rate-limit ceiling.
         obs = Observation(ready=0 if m.paused else m.ready, running=m.running, current_replicas=current,
-                          now=self.clock(), ready_capped=m.ready_capped and not m.paused)
+                          now=self.clock(), ready_capped=m.ready_capped and not m.paused,
+                          throughput=m.runs_per_second if m.reporting else None,
+                          seconds_per_run=_seconds(m.seconds_per_run), reporting=m.reporting,
+                          oldest_ready_age=None if m.paused else _seconds(m.oldest_ready_age))
         decision, self.state = decide(obs, policy, self.state)
         if m.paused:
             decision = replace(decision, reason=f"{decision.reason} (queue paused: {m.ready} ready not counted)")
         return decision
+
+
+def _seconds(value: float | None) -> float | None:
+    """A measured duration as the decision takes it: finite and >= 0 (clock skew can make an age
+    slightly negative), None when unknown."""
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return max(float(value), 0.0)

@@ -10,6 +10,10 @@ idle. Only the scaling knobs (bounds, target, delay) come from the backend.
 Counting is bounded (``LIMIT n``) and runs on a pool with a ``statement_timeout``, so a
 huge backlog or a stuck server can never hang a control loop (KEDA's PostgreSQL scaler
 crash-looped on slow counts).
+
+Throughput comes from what the workers already report in each heartbeat (their handler runs
+and summed run seconds; ``shoal.queue_throughput``): one more cheap query per tick, over one
+row per live worker, never over the jobs.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ class Measurement:
     queue row's flow control. `seconds` is how long the reading took. `oldest_ready_age` is the
     age in seconds of the oldest ready job, by its run_at (None: no job is ready; see
     `queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS`), and `live_workers` counts the queue's workers
-    with a heartbeat within `LIVE_WORKER_SECONDS`.
+    with a heartbeat within `LIVE_WORKER_SECONDS`. `reporting` counts the live workers that have
+    beaten twice, `runs_per_second` their summed handler runs per second between their last two
+    beats, and `seconds_per_run` the mean duration of those runs (None: none finished).
     """
 
     ready: int
@@ -55,6 +61,9 @@ class Measurement:
     concurrency_limit: int | None = None
     oldest_ready_age: float | None = None
     live_workers: int = 0
+    reporting: int = 0
+    runs_per_second: float = 0.0
+    seconds_per_run: float | None = None
 
 
 def count_cap(policy: Policy) -> int:
@@ -62,11 +71,11 @@ def count_cap(policy: Policy) -> int:
     return max(1, policy.max_replicas * policy.target) + 1
 
 
-async def measure(pool: asyncpg.Pool, queue: str, policy: Policy) -> Measurement:
-    """Ready and running jobs (bounded), the oldest ready job's age, the live workers and the
-    queue's flow control. Raises UnknownQueueError while the queue is not declared (a Queue whose
-    reconcile has not run yet)."""
-    cap = count_cap(policy)
+async def measure(pool: asyncpg.Pool, queue: str, policy: Policy, *, cap: int | None = None) -> Measurement:
+    """Ready and running jobs (counted up to `cap`, default `count_cap`), the oldest ready job's
+    age, the live workers, their throughput and the queue's flow control. Raises UnknownQueueError
+    while the queue is not declared (a Queue whose reconcile has not run yet)."""
+    cap = cap if cap is not None else count_cap(policy)
     started = time.perf_counter()
     async with pool.acquire() as conn:
         config = await get_queue(conn, queue)
@@ -74,10 +83,13 @@ async def measure(pool: asyncpg.Pool, queue: str, policy: Policy) -> Measurement
             raise UnknownQueueError(queue)
         ready, running = await ready_and_running(conn, queue, cap)
         health = await conn.fetchrow(queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS, queue, LIVE_WORKER_SECONDS)
+        speed = await conn.fetchrow(queries.QUEUE_THROUGHPUT, queue, LIVE_WORKER_SECONDS)
     rate = config.rate_limit
     return Measurement(ready, running, ready >= cap, time.perf_counter() - started, paused=config.paused,
                        rate_limit=rate.per_second if rate else None, concurrency_limit=config.concurrency_limit,
-                       oldest_ready_age=health["oldest_ready_age"], live_workers=health["live_workers"])
+                       oldest_ready_age=health["oldest_ready_age"], live_workers=health["live_workers"],
+                       reporting=speed["reporting"], runs_per_second=float(speed["runs_per_second"]),
+                       seconds_per_run=speed["seconds_per_run"])
 
 
 async def create_measure_pool(database_url: str, *, max_size: int = 4) -> asyncpg.Pool:

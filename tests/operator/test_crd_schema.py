@@ -413,3 +413,28 @@ def test_kubernetes_types_are_kubernetes_schemas_not_free_form() -> None:
                 walk(node[key], f"{path}.{key}")
 
     walk(_kind_schema("Queue")["properties"]["spec"], "spec")
+
+
+# --------------------------------------------------------------------------- the drain-time objective
+
+
+def autoscaled(autoscaling: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
+            "spec": {"databaseSecretRef": {"name": "db"}, "worker": {"image": "img:1"},
+                     "autoscaling": autoscaling}}
+
+
+@pytest.mark.parametrize("seconds", [1, 30, 120, 86400])
+def test_a_drain_objective_passes(seconds: int) -> None:
+    assert validate(autoscaled({"drainWithinSeconds": seconds})) == []
+
+
+@pytest.mark.parametrize("seconds", [0, -5, 0.5, 86401, "2m"])
+def test_a_bad_drain_objective_is_refused_naming_it(seconds: Any) -> None:
+    errors = validate(autoscaled({"drainWithinSeconds": seconds}))
+    assert errors and {field for field, _ in errors} == {"spec.autoscaling.drainWithinSeconds"}, errors
+
+
+def test_the_drain_objective_has_no_default() -> None:
+    spec = apply_defaults(_kind_schema("Queue"), autoscaled({}))["spec"]
+    assert "drainWithinSeconds" not in spec["autoscaling"]

@@ -27,6 +27,7 @@ from shoal.operator.queue_spec import (
     SecretRef,
     WorkerTemplate,
     parse_queue_spec,
+    scaling_policy,
 )
 from shoal.ratelimit import RateLimit
 
@@ -167,6 +168,9 @@ def test_a_full_spec_parses_to_typed_values() -> None:
     ({"retry": {"backoffBaseSeconds": 10, "backoffMaxSeconds": 5}}, "spec.retry.backoffBaseSeconds",
      "must not exceed spec.retry.backoffMaxSeconds (5)"),
     ({"autoscaling": []}, "spec.autoscaling", "must be an object"),
+    ({"autoscaling": {"drainWithinSeconds": 0}}, "spec.autoscaling.drainWithinSeconds",
+     "integer >= 1 and <= 86400, got 0"),
+    ({"autoscaling": {"drainWithinSeconds": "2m"}}, "spec.autoscaling.drainWithinSeconds", "must be an integer"),
     # The pod template: what only the operator knows (its own volume, mount and labels).
     ({"worker": {"image": "i", "volumes": [{"name": "tmp", "emptyDir": {}}]}}, "spec.worker.volumes[0].name",
      "the volume name 'tmp' is the operator's"),
@@ -218,3 +222,11 @@ def test_the_crd_and_the_parser_reserve_the_same_pod_labels() -> None:
 
     (rule,) = SCHEMA["properties"]["worker"]["properties"]["podLabels"]["x-kubernetes-validations"]
     assert sorted(re.findall(r"'([^']+)'", rule["rule"])) == sorted(RESERVED_LABELS) == sorted(worker_labels("q"))
+
+
+def test_the_drain_objective_reaches_the_policy() -> None:
+    assert parse_queue_spec("ns", "q", MINIMAL).autoscaling.drain_within_seconds is None
+    assert scaling_policy(parse_queue_spec("ns", "q", MINIMAL)).drain_within is None
+    spec = parse_queue_spec("ns", "q", {**MINIMAL, "autoscaling": {"drainWithinSeconds": 120}})
+    assert spec.autoscaling.drain_within_seconds == 120
+    assert scaling_policy(spec).drain_within == 120.0

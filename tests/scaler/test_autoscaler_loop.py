@@ -133,3 +133,24 @@ async def test_failures_back_off_and_never_end_the_loop() -> None:
     source.error = UnknownQueueError("nope")
     await scaler.step()
     assert reported == ["other"] * 8 + ["not_ready", "database", "unknown_queue"]
+
+
+async def test_a_drain_objective_uses_the_workers_measured_speed(conn: asyncpg.Connection,
+                                                                 pool: asyncpg.Pool) -> None:
+    """Until a worker has reported its runs, the default rule; then the drain objective, from the
+    heartbeats' throughput, counting past the default cap far enough for the objective."""
+    await backlog(conn, "slo", 2000)
+    target = Recorder(1)
+    policy = Policy(min_replicas=1, max_replicas=16, concurrency=10, scale_down_delay=60.0, drain_within=30.0)
+    scaler = Autoscaler(target=target, queue="slo", pool=pool, policy=lambda: policy)
+    await scaler.step()
+    assert target.writes == [16] and scaler.last is not None and "≥161 ready" in scaler.last.reason
+    # A worker reports 100 runs of 0.5 s each between its last two beats.
+    await conn.execute("SELECT shoal.heartbeat('w', 'slo', 'h', 1, 0, 0)")
+    await conn.execute("UPDATE shoal.workers SET heartbeat_at = heartbeat_at - interval '5 s'")
+    await conn.execute("SELECT shoal.heartbeat('w', 'slo', 'h', 1, 100, 50)")
+    await scaler.step()
+    assert scaler.state.speed.seconds_per_run == pytest.approx(0.5)
+    await scaler.step()  # counted in full now: 2,000 jobs at 20/s a replica in 30 s need 4 (after the window)
+    assert scaler.last is not None and "2,000 jobs at 20/s per replica" in scaler.last.reason
+    assert scaler.last.recommendation == 4 and scaler.last.desired == 16  # down waits for the window

@@ -70,6 +70,19 @@ def test_up_flags_errors_name_the_flag() -> None:
     assert flags(0, 4, 10, 5.0).scale_to_zero and not flags(1, 4, 10, 5.0).scale_to_zero
 
 
+def test_up_drain_within_flag() -> None:
+    """`shoal up --drain-within SECONDS`: the drain-time objective (absent: none)."""
+    from shoal.cli import build_parser
+
+    parser = build_parser()
+    assert up_policy(parser.parse_args(["up", "--drain-within", "30"])).drain_within == 30.0
+    assert up_policy(parser.parse_args(["up"])).drain_within is None
+    base = {"min_workers": 1, "max_workers": 4, "concurrency": 10, "scale_down_delay": 5.0}
+    assert up_policy(argparse.Namespace(**base, drain_within=120.0)).drain_within == 120.0
+    with pytest.raises(ValidationError, match=r"^--drain-within: must be a number of seconds >= 1"):
+        up_policy(argparse.Namespace(**base, drain_within=0.5))
+
+
 @pytest.mark.slow
 async def test_burst_is_drained_by_several_processes_then_scaled_back(db_url: str, conn: asyncpg.Connection,
                                                                       tmp_path: Path) -> None:

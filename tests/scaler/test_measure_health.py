@@ -76,3 +76,31 @@ async def test_live_workers_have_a_fresh_heartbeat(conn: asyncpg.Connection, poo
     assert (await measure(pool, "lw", POLICY)).live_workers == 1
     await conn.execute("SELECT shoal.heartbeat('fresh-2', 'lw', 'h', 3)")
     assert (await measure(pool, "lw", POLICY)).live_workers == 2
+
+
+async def test_throughput_from_heartbeats(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    """One more query per tick: the live workers' runs/s and mean run time between their last two
+    beats (shoal.queue_throughput), which the decision smooths into a replica's speed."""
+    await queues.declare_queue(conn, "tp")
+    m = await measure(pool, "tp", POLICY)
+    assert (m.reporting, m.runs_per_second, m.seconds_per_run) == (0, 0.0, None)
+    # Beats the way workers beat: running totals of handler runs and their seconds.
+    await conn.execute("SELECT shoal.heartbeat('w-1', 'tp', 'h', 1, 0, 0)")
+    await conn.execute("SELECT shoal.heartbeat('w-2', 'tp', 'h', 2, 0, 0)")
+    # Beaten twice, ~0.3 s apart: 30 runs of 0.05 s and 10 runs of 0.25 s.
+    await conn.execute("UPDATE shoal.workers SET heartbeat_at = heartbeat_at - interval '0.3 s' WHERE queue = 'tp'")
+    await conn.execute("SELECT shoal.heartbeat('w-1', 'tp', 'h', 1, 30, 1.5)")
+    await conn.execute("SELECT shoal.heartbeat('w-2', 'tp', 'h', 2, 10, 2.5)")
+    m = await measure(pool, "tp", POLICY)
+    assert m.reporting == 2
+    assert 40 / 0.6 < m.runs_per_second < 40 / 0.25
+    assert m.seconds_per_run == pytest.approx(4.0 / 40)
+
+
+async def test_measure_counts_up_to_the_cap_it_is_given(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    await queues.declare_queue(conn, "big")
+    await client.enqueue_many(conn, [client.NewJob("big", "t") for _ in range(300)])
+    default = await measure(pool, "big", POLICY)  # 4 replicas × 10 + 1
+    assert (default.ready, default.ready_capped) == (41, True)
+    wide = await measure(pool, "big", POLICY, cap=1000)
+    assert (wide.ready, wide.ready_capped) == (300, False)
