@@ -78,12 +78,7 @@ async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
 
 
 # --- enqueue through COPY -------------------------------------------------------------------
-# The rows are encoded by shoal.copy_rows (shared with shoal.sync); the old private names stay for
-# the tests and benchmarks that reach for them.
-_COPY_HEADER, _COPY_TRAILER, _COPY_CHUNK = COPY_HEADER, COPY_TRAILER, COPY_CHUNK
-_CopyRows = CopyRows
-_no_unique_keys = no_unique_keys
-_plain_queue_names = plain_queue_names
+# The rows are encoded by shoal.copy_rows (shared with shoal.sync).
 
 
 async def _enqueue_copy(db: Executor, jobs: list[NewJob]) -> list[int]:
