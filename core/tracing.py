@@ -83,13 +83,19 @@ def _tracer() -> Any:
     return _cached[1]
 
 
-def current_context() -> str | None:
-    """The W3C trace context of the current span, as stored with a job; None without one."""
+def _current_span_context() -> Any:
+    """The current span's SpanContext if there is a valid one (None without OpenTelemetry)."""
     trace = _api()
     if trace is None:
         return None
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
+    return ctx if ctx.is_valid else None
+
+
+def current_context() -> str | None:
+    """The W3C trace context of the current span, as stored with a job; None without one."""
+    ctx = _current_span_context()
+    if ctx is None:
         return None
     parent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
     state = ctx.trace_state.to_header() if ctx.trace_state else ""
@@ -184,10 +190,7 @@ def end_job(job_span: JobSpan, outcome: Any, error: BaseException | None = None)
 
 def log_ids() -> tuple[str, str] | None:
     """The current span's trace_id and span_id (hex), for log lines; None without one."""
-    trace = _api()
-    if trace is None:
-        return None
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
+    ctx = _current_span_context()
+    if ctx is None:
         return None
     return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
