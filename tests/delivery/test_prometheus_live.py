@@ -33,12 +33,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import yaml
 from alert_rules import PROMETHEUS_DEFAULT, binary, render_rule, write_rules_file
@@ -111,23 +109,6 @@ def prometheus_bin() -> Path:
 
 
 @pytest.fixture
-async def live_db(server_url: str, template_db: str) -> AsyncIterator[str]:
-    name = "t_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
-    base, _, _ = server_url.rpartition("/")
-    yield f"{base}/{name}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
 def kubectl(tmp_path: Path) -> Iterator[Kubectl]:
     """A Kubernetes emulator of this test's own, with the CRDs, through the real kubectl."""
     beside = Path(sys.executable).parent / "kubectl"
@@ -145,10 +126,10 @@ def kubectl(tmp_path: Path) -> Iterator[Kubectl]:
 
 
 @pytest.fixture
-def operator(kubectl: Kubectl, live_db: str, tmp_path: Path) -> Iterator[tuple[OperatorProcess, int]]:
+def operator(kubectl: Kubectl, db_url: str, tmp_path: Path) -> Iterator[tuple[OperatorProcess, int]]:
     """`shoal operator` serving Queue apps/emails: scale to zero, at most 2 replicas, 10 jobs/s."""
     kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"url": live_db}},
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"url": db_url}},
                   f"--namespace={NAMESPACE}")
     kubectl.apply({"apiVersion": "shoal.dev/v1alpha1", "kind": "Queue", "metadata": {"name": "emails"},
                    "spec": {"databaseSecretRef": {"name": "db"}, "worker": {"image": "shoal-test:1"},
@@ -238,7 +219,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 async def test_dashboard_and_rules_on_a_real_prometheus(
-        live_db: str, operator: tuple[OperatorProcess, int], prometheus: Prometheus, worker_port: int,
+        db_url: str, operator: tuple[OperatorProcess, int], prometheus: Prometheus, worker_port: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
     op, _ = operator
     started = time.monotonic()
@@ -246,7 +227,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(
     def context() -> str:
         return f"--- operator:\n{op.log[-3000:]}\n--- prometheus:\n{prometheus.tail()}"
 
-    async with await Client.connect(live_db) as client:
+    async with await Client.connect(db_url) as client:
         # The operator's reconcile declares the queue in PostgreSQL.
         async def declared() -> bool:
             return bool(await client.pool.fetchval("SELECT count(*) FROM shoal.queues WHERE name = $1", QUEUE))
@@ -268,7 +249,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(
 
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
             p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p))
-        worker = spawn_worker(live_db, QUEUE, 4, "--tasks", "live_tasks", "--metrics-port", str(worker_port),
+        worker = spawn_worker(db_url, QUEUE, 4, "--tasks", "live_tasks", "--metrics-port", str(worker_port),
                               "--backoff-base", "0.05", "--backoff-max", "0.1")
         try:
             async def slow_running() -> bool:
