@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,3 +63,13 @@ def spawn_worker(db_url: str, queue: str, *extra: str, tasks: tuple[str, ...] = 
            "--tasks", *tasks, *extra]
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus counter's samples whose labels include ``labels``."""
+    total = 0.0
+    for m in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m[1] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m[2])
+    return total

@@ -41,7 +41,7 @@ import asyncpg
 import kubernetes
 import pytest
 
-from helpers import eventually
+from helpers import counter, eventually
 from shoal.manage import job_history
 
 from .conftest import Cluster, Kubectl, OperatorProcess
@@ -164,16 +164,6 @@ class PodWatch(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(15)
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    """The sum of a Prometheus counter's samples whose labels include ``labels``."""
-    total = 0.0
-    for m in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m[1] or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m[2])
-    return total
 
 
 async def test_a_scale_down_keeps_the_busy_pod_and_its_job_runs_once(

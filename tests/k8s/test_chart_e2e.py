@@ -24,7 +24,7 @@ import asyncpg
 import kubernetes
 import pytest
 
-from helpers import eventually
+from helpers import counter, eventually
 from shoal.client import NewJob, enqueue_many
 from tools import helm
 
@@ -87,16 +87,6 @@ async def db_value(url: str, sql: str, *args: Any) -> Any:
         return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    """The sum of a Prometheus counter's samples whose labels include ``labels``."""
-    total = 0.0
-    for m in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m[1] or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m[2])
-    return total
 
 
 async def test_the_chart_installs_migrates_and_runs_its_operator(installed: Stage) -> None:
