@@ -30,8 +30,7 @@ from contextlib import contextmanager
 
 import asyncpg
 
-from shoal.migrate import migrate
-from shoal.testing.postgres import database
+from shoal.testing.postgres import database, migrated_database
 
 DB = "bench_console"
 GOAL_MS = 100.0
@@ -183,24 +182,15 @@ def measure(base: str, ids: dict[str, int], rows: int) -> bool:
     return ok
 
 
-async def prepare(url: str, rows: int) -> tuple[str, dict[str, int]]:
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DB}"')
-    finally:
-        await admin.close()
-    db_url = url.rsplit("/", 1)[0] + "/" + DB
-    await migrate(db_url)
-    return db_url, await fill(db_url, rows)
+async def run(url: str, rows: int) -> bool:
+    async with migrated_database(url, DB) as db_url:
+        ids = await fill(db_url, rows)
 
+        def serve_and_measure() -> bool:
+            with console(db_url) as base:
+                return measure(base, ids, rows)
 
-async def drop(url: str) -> None:
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    finally:
-        await admin.close()
+        return await asyncio.to_thread(serve_and_measure)
 
 
 def main() -> int:
@@ -208,12 +198,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     args = parser.parse_args()
     with database("shoal-bench-console-") as url:
-        db_url, ids = asyncio.run(prepare(url, args.rows))
-        try:
-            with console(db_url) as base:
-                ok = measure(base, ids, args.rows)
-        finally:
-            asyncio.run(drop(url))
+        ok = asyncio.run(run(url, args.rows))
     return 0 if ok else 1
 
 

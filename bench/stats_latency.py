@@ -20,9 +20,8 @@ import time
 
 import asyncpg
 
-from shoal.migrate import migrate
 from shoal.queues import state_counts
-from shoal.testing.postgres import database
+from shoal.testing.postgres import database, migrated_database
 
 DB = "bench_stats_latency"
 INSERT = """
@@ -70,12 +69,7 @@ async def measure(conn: asyncpg.Connection, url: str, label: str, old_runs: int)
 
 
 async def run(url: str, rows: int) -> None:
-    admin = await asyncpg.connect(url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{DB}"')
-    db_url = url.rsplit("/", 1)[0] + "/" + DB
-    try:
-        await migrate(db_url)
+    async with migrated_database(url, DB) as db_url:
         conn = await asyncpg.connect(db_url)
         try:
             await conn.execute("SET synchronous_commit = off")
@@ -96,9 +90,6 @@ async def run(url: str, rows: int) -> None:
                       + f"  ({r.queue})")
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:
