@@ -51,6 +51,7 @@ from shoal.queues import declare_queue
 from shoal.scaler.decision import Policy
 from shoal.scaler.local import LocalWorkers
 from shoal.scaler.loop import Autoscaler, EnqueueWakeups, TickReport, create_measure_pool
+from shoal.testing.machine import cpu_model
 from shoal.testing.postgres import database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,12 +91,7 @@ QUICK: dict[str, Any] = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     memory = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])

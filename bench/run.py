@@ -966,12 +966,9 @@ SHOAL_ONLY_FNS = {"ready_count_cost": w_ready_count_cost, "autoscale_reaction": 
 
 
 def machine_info(server_version: str, peers: setup_peers.PeerEnv, fast_unsafe: bool) -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from shoal.testing.machine import cpu_model
+
+    cpu = cpu_model()
     node_version = None
     if peers.node:
         node_version = subprocess.run([peers.node, "--version"], capture_output=True, text=True,
