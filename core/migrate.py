@@ -32,6 +32,12 @@ CREATE TABLE IF NOT EXISTS shoal.migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 """
+# The statements around the files, shared with shoal.sync.migrate (psycopg), so that either driver
+# keeps the same lock and bookkeeping.
+LOCK = "SELECT pg_advisory_lock($1)"
+UNLOCK = "SELECT pg_advisory_unlock($1)"
+APPLIED = "SELECT version FROM shoal.migrations"
+RECORD = "INSERT INTO shoal.migrations (version, name) VALUES ($1, $2)"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ def available() -> list[Migration]:
     return found
 
 
+def to_apply(done: set[int], target: int | None) -> list[Migration]:
+    """The shipped migrations not in `done`, numbered up to `target` (all when None), in order."""
+    return [mig for mig in available() if mig.version not in done and (target is None or mig.version <= target)]
+
+
 async def migrate(database_url: str, target: int | None = None) -> list[int]:
     """Apply every pending migration (up to `target`); returns the versions applied by this call."""
     conn = await asyncpg.connect(database_url)
@@ -68,22 +79,18 @@ async def migrate_connection(conn: asyncpg.Connection, target: int | None = None
     """Apply the pending migrations numbered up to `target` (all of them by default; 0 only
     creates the `shoal` schema and its bookkeeping table)."""
     applied_now: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    await conn.execute(LOCK, _LOCK_KEY)
     try:
         await conn.execute(_BOOTSTRAP)
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM shoal.migrations")}
-        for mig in available():
-            if mig.version in done or (target is not None and mig.version > target):
-                continue
+        done = {r["version"] for r in await conn.fetch(APPLIED)}
+        for mig in to_apply(done, target):
             async with conn.transaction():
                 await conn.execute(mig.sql)
-                await conn.execute(
-                    "INSERT INTO shoal.migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
-                )
+                await conn.execute(RECORD, mig.version, mig.name)
             log.info("applied migration", extra={"version": mig.version, "migration": mig.name})
             applied_now.append(mig.version)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        await conn.execute(UNLOCK, _LOCK_KEY)
     return applied_now
 
 
@@ -92,5 +99,5 @@ async def pending(conn: asyncpg.Connection) -> list[int]:
     exists = await conn.fetchval("SELECT to_regclass('shoal.migrations') IS NOT NULL")
     done = set()
     if exists:
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM shoal.migrations")}
-    return [m.version for m in available() if m.version not in done]
+        done = {r["version"] for r in await conn.fetch(APPLIED)}
+    return [m.version for m in to_apply(done, None)]

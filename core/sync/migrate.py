@@ -7,7 +7,7 @@ options, rather than a second driver and a DSN rebuilt from framework settings.
 
 from __future__ import annotations
 
-from shoal.migrate import _BOOTSTRAP, _LOCK_KEY, available  # the one definition of the lock and table
+from shoal.migrate import _BOOTSTRAP, _LOCK_KEY, APPLIED, LOCK, RECORD, UNLOCK, to_apply
 from shoal.sync._db import Connection, cursor
 
 
@@ -19,19 +19,16 @@ def migrate(conn: Connection, target: int | None = None) -> list[int]:
         raise ValueError("shoal.sync.migrate needs a connection in autocommit mode (outside a transaction)")
     applied: list[int] = []
     with cursor(conn) as cur:
-        cur.execute("SELECT pg_advisory_lock($1)", (_LOCK_KEY,))
+        cur.execute(LOCK, (_LOCK_KEY,))
         try:
             cur.execute(_BOOTSTRAP)
-            cur.execute("SELECT version FROM shoal.migrations")
+            cur.execute(APPLIED)
             done = {row[0] for row in cur.fetchall()}
-            for mig in available():
-                if mig.version in done or (target is not None and mig.version > target):
-                    continue
+            for mig in to_apply(done, target):
                 with conn.transaction():
                     cur.execute(mig.sql)
-                    cur.execute("INSERT INTO shoal.migrations (version, name) VALUES ($1, $2)",
-                                (mig.version, mig.name))
+                    cur.execute(RECORD, (mig.version, mig.name))
                 applied.append(mig.version)
         finally:
-            cur.execute("SELECT pg_advisory_unlock($1)", (_LOCK_KEY,))
+            cur.execute(UNLOCK, (_LOCK_KEY,))
     return applied
