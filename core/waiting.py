@@ -18,21 +18,28 @@ from shoal.errors import JobNotFoundError
 from shoal.jobs import Executor, JobResult
 
 
+def final_result(row: Any) -> JobResult:
+    """A JobResult from a row of queries.JOBS_FINAL (either driver's row)."""
+    return JobResult(row["id"], row["state"], row["attempts"], row["last_error"], row["finished_at"])
+
+
+def pruned_results(missing: set[int], last_id: int) -> dict[int, JobResult]:
+    """Ids without a row: a pruned success if it was handed out (ids are never reused, and
+    keep_succeeded = 0 deletes on success), else JobNotFoundError."""
+    out = {}
+    for job_id in missing:
+        if job_id > last_id or job_id < 1:
+            raise JobNotFoundError(f"job {job_id} does not exist")
+        out[job_id] = JobResult(job_id, "succeeded", pruned=True)
+    return out
+
+
 async def _final_results(conn: asyncpg.Connection, ids: set[int]) -> dict[int, JobResult]:
     """Those of `ids` that are final; an unknown id raises, one pruned by retention reads as succeeded."""
-    out = {
-        r["id"]: JobResult(r["id"], r["state"], r["attempts"], r["last_error"], r["finished_at"])
-        for r in await conn.fetch(queries.JOBS_FINAL, list(ids))
-    }
+    out = {r["id"]: final_result(r) for r in await conn.fetch(queries.JOBS_FINAL, list(ids))}
     missing = ids - out.keys() - {r["id"] for r in await conn.fetch(queries.JOBS_EXISTING, list(ids - out.keys()))}
     if missing:
-        last_id = await conn.fetchval(queries.JOBS_LAST_ID)
-        for job_id in missing:
-            if job_id > last_id or job_id < 1:
-                raise JobNotFoundError(f"job {job_id} does not exist")
-            # Ids are never reused: an id we handed out whose row is gone was a succeeded job
-            # removed by retention (keep_succeeded = 0 deletes on success).
-            out[job_id] = JobResult(job_id, "succeeded", pruned=True)
+        out.update(pruned_results(missing, await conn.fetchval(queries.JOBS_LAST_ID)))
     return out
 
 

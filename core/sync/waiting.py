@@ -17,24 +17,18 @@ from typing import Any
 import psycopg
 
 from shoal import queries
-from shoal.errors import JobNotFoundError
 from shoal.jobs import JobResult
 from shoal.sync._db import Connection, fetch, in_callers_transaction
-from shoal.waiting import done_mentions
+from shoal.waiting import done_mentions, final_result, pruned_results
 
 
 def _final_results(conn: Connection, ids: set[int]) -> dict[int, JobResult]:
     """Those of `ids` that are final; an unknown id raises, one pruned by retention reads as succeeded."""
-    out = {r["id"]: JobResult(r["id"], r["state"], r["attempts"], r["last_error"], r["finished_at"])
-           for r in fetch(conn, queries.JOBS_FINAL, list(ids))}
+    out = {r["id"]: final_result(r) for r in fetch(conn, queries.JOBS_FINAL, list(ids))}
     rest = ids - out.keys()
     missing = rest - {r["id"] for r in fetch(conn, queries.JOBS_EXISTING, list(rest))} if rest else set()
     if missing:
-        last_id = fetch(conn, queries.JOBS_LAST_ID)[0]["coalesce"]
-        for job_id in missing:
-            if job_id > last_id or job_id < 1:
-                raise JobNotFoundError(f"job {job_id} does not exist")
-            out[job_id] = JobResult(job_id, "succeeded", pruned=True)  # ids are never reused
+        out.update(pruned_results(missing, fetch(conn, queries.JOBS_LAST_ID)[0]["coalesce"]))
     return out
 
 
