@@ -35,6 +35,15 @@ def _none_if_all(values: list[Any], default: Any) -> list[Any] | None:
     return None if all(v == default for v in values) else values
 
 
+def insert_args(batch: Batch) -> tuple[Any, ...]:
+    """shoal.enqueue_many's arguments for a checked batch: its columns (an all-default one as NULL)
+    and the current trace context. The psycopg producer (shoal.sync) sends the same."""
+    queues, tasks, payloads, priorities, run_ats, max_attempts, unique_keys = (
+        list(column) for column in zip(*batch.rows, strict=True))
+    return (queues, tasks, payloads, _none_if_all(priorities, 0), _none_if_all(run_ats, None),
+            _none_if_all(max_attempts, None), _none_if_all(unique_keys, None), tracing.current_context())
+
+
 async def enqueue(db: Executor, queue: str, task: str, payload: Any = None, *, priority: int = 0,
                   run_at: datetime | None = None, delay: float | timedelta | None = None,
                   max_attempts: int | None = None, unique_key: str | None = None) -> int:
@@ -60,20 +69,8 @@ async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
     """One round trip: shoal.enqueue_many (sql/001_schema.sql) unnests the columns and INSERTs."""
     if not batch.rows:
         return []
-    queues, tasks, payloads, priorities, run_ats, max_attempts, unique_keys = (
-        list(column) for column in zip(*batch.rows, strict=True))
     with translate_errors(len(batch.rows)):
-        rows = await db.fetch(
-            queries.ENQUEUE_MANY,
-            queues,
-            tasks,
-            payloads,
-            _none_if_all(priorities, 0),
-            _none_if_all(run_ats, None),
-            _none_if_all(max_attempts, None),
-            _none_if_all(unique_keys, None),
-            tracing.current_context(),
-        )
+        rows = await db.fetch(queries.ENQUEUE_MANY, *insert_args(batch))
     return [r["id"] for r in rows]
 
 

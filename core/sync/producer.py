@@ -16,7 +16,7 @@ from typing import Any
 from shoal import queries, tracing
 from shoal.copy_rows import COPY_CHUNK, COPY_HEADER, COPY_TRAILER, CopyRows, no_unique_keys, plain_queue_names
 from shoal.jobs import NewJob
-from shoal.producer import COPY_MIN_BATCH
+from shoal.producer import COPY_MIN_BATCH, insert_args
 from shoal.sync._db import Connection, cursor, in_callers_transaction, translate_errors
 from shoal.validation import Batch, Row, validate
 
@@ -40,21 +40,12 @@ def enqueue_many(conn: Connection, jobs: Iterable[NewJob]) -> list[int]:
     return _enqueue_insert(conn, validate(batch))
 
 
-def _none_if_all(values: list[Any], default: Any) -> list[Any] | None:
-    """An all-default column travels as NULL, as on the async path."""
-    return None if all(v == default for v in values) else values
-
-
 def _enqueue_insert(conn: Connection, batch: Batch) -> list[int]:
     """One round trip: shoal.enqueue_many unnests the columns and INSERTs."""
     if not batch.rows:
         return []
-    queues, tasks, payloads, priorities, run_ats, max_attempts, unique_keys = (
-        list(column) for column in zip(*batch.rows, strict=True))
     with translate_errors(len(batch.rows)), cursor(conn) as cur:
-        cur.execute(queries.ENQUEUE_MANY_TYPED, (
-            queues, tasks, payloads, _none_if_all(priorities, 0), _none_if_all(run_ats, None),
-            _none_if_all(max_attempts, None), _none_if_all(unique_keys, None), tracing.current_context()))
+        cur.execute(queries.ENQUEUE_MANY_TYPED, insert_args(batch))
         return [row[0] for row in cur.fetchall()]
 
 
