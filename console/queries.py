@@ -125,19 +125,16 @@ async def overview(pool: asyncpg.Pool) -> list[dict[str, Any]]:
         async with pool.acquire() as conn:
             configs = await queues.list_queues(conn)
             counts = {c.queue: c for c in await queues.state_counts(conn)}
-            health, done = {}, {}
-            for q in configs:
-                health[q.name] = await conn.fetchrow(queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS, q.name, STALE_AFTER)
-                done[q.name] = await conn.fetchrow(queries.QUEUE_THROUGHPUT, q.name, STALE_AFTER)
+            health = {q.name: await conn.fetchrow(queries.QUEUE_HEALTH, q.name, STALE_AFTER) for q in configs}
     out = []
     for q in configs:
-        c, h, d = counts.get(q.name), health[q.name], done[q.name]
+        c, h = counts.get(q.name), health[q.name]
         states = {s: {"n": getattr(c, s), "kind": c.kind(s), "shown": c.shown(s)} if c else
                   {"n": 0, "kind": "exact", "shown": "0"} for s in queues.STATES}
         out.append({
             "name": q.name, "paused": q.paused, "counts": states,
             # Handler runs (any outcome) of the live workers between their last two heartbeats.
-            "throughput_per_minute": d["runs_per_second"] * 60.0, "throughput_reporting": d["reporting"],
+            "throughput_per_minute": h["runs_per_second"] * 60.0, "throughput_reporting": h["reporting"],
             "concurrency_limit": q.concurrency_limit,
             "rate_limit": str(q.rate_limit) if q.rate_limit else None,
             "live_workers": h["live_workers"], "oldest_ready_age": h["oldest_ready_age"],

@@ -101,8 +101,11 @@ READY_AND_RUNNING = "SELECT shoal.ready_count($1, $2) AS ready, shoal.running_co
 # oldest ready job, exactly. At most 256 priorities are visited, highest first: with more distinct
 # priorities among pending jobs the lower ones are not looked at (the age is then a lower bound).
 # Like shoal_queue_pending, a job a held claim is running (sql/004, for at most its short budget)
-# is still a pending row and counts. Live workers: a heartbeat within $2 seconds.
-QUEUE_OLDEST_READY_AND_LIVE_WORKERS = """
+# is still a pending row and counts. Live workers: a heartbeat within $2 seconds. Their handler runs
+# per second between their last two heartbeats and the mean seconds per run come from
+# shoal.queue_throughput (sql/010_worker_throughput.sql). One round trip for the autoscaler's tick
+# and the console's overview alike.
+QUEUE_HEALTH = """
 WITH RECURSIVE heads (priority, run_at, n) AS (
     (SELECT j.priority, j.run_at, 1 FROM shoal.jobs j
       WHERE j.queue = $1 AND j.state = 'pending'
@@ -118,11 +121,10 @@ WITH RECURSIVE heads (priority, run_at, n) AS (
 SELECT (SELECT extract(epoch FROM now() - min(h.run_at))::float8 FROM heads h WHERE h.run_at <= now())
            AS oldest_ready_age,
        (SELECT count(*)::integer FROM shoal.workers w
-         WHERE w.queue = $1 AND w.heartbeat_at > now() - make_interval(secs => $2::float8)) AS live_workers
+         WHERE w.queue = $1 AND w.heartbeat_at > now() - make_interval(secs => $2::float8)) AS live_workers,
+       t.reporting, t.runs_per_second, t.seconds_per_run
+  FROM shoal.queue_throughput($1, $2::float8) t
 """
-# Handler runs per second of a queue's live workers between their last two heartbeats, and the mean
-# seconds per run (sql/010_worker_throughput.sql); $2 is the live window in seconds.
-QUEUE_THROUGHPUT = "SELECT reporting, runs_per_second, seconds_per_run FROM shoal.queue_throughput($1, $2)"
 STATE_COUNTS = """
 SELECT q.name AS queue,
        count(j.id) FILTER (WHERE j.state = 'pending' AND j.run_at <= now()) AS ready,

@@ -46,7 +46,7 @@ class Measurement:
     says the bound was hit. `paused`, `rate_limit` (jobs/s) and `concurrency_limit` are the
     queue row's flow control. `seconds` is how long the reading took. `oldest_ready_age` is the
     age in seconds of the oldest ready job, by its run_at (None: no job is ready; see
-    `queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS`), and `live_workers` counts the queue's workers
+    `queries.QUEUE_HEALTH`), and `live_workers` counts the queue's workers
     with a heartbeat within `LIVE_WORKER_SECONDS`. `reporting` counts the live workers that have
     beaten twice, `runs_per_second` their summed handler runs per second between their last two
     beats, and `seconds_per_run` the mean duration of those runs (None: none finished).
@@ -82,14 +82,13 @@ async def measure(pool: asyncpg.Pool, queue: str, policy: Policy, *, cap: int | 
         if config is None:
             raise UnknownQueueError(queue)
         ready, running = await ready_and_running(conn, queue, cap)
-        health = await conn.fetchrow(queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS, queue, LIVE_WORKER_SECONDS)
-        speed = await conn.fetchrow(queries.QUEUE_THROUGHPUT, queue, LIVE_WORKER_SECONDS)
+        health = await conn.fetchrow(queries.QUEUE_HEALTH, queue, LIVE_WORKER_SECONDS)
     rate = config.rate_limit
     return Measurement(ready, running, ready >= cap, time.perf_counter() - started, paused=config.paused,
                        rate_limit=rate.per_second if rate else None, concurrency_limit=config.concurrency_limit,
                        oldest_ready_age=health["oldest_ready_age"], live_workers=health["live_workers"],
-                       reporting=speed["reporting"], runs_per_second=float(speed["runs_per_second"]),
-                       seconds_per_run=speed["seconds_per_run"])
+                       reporting=health["reporting"], runs_per_second=float(health["runs_per_second"]),
+                       seconds_per_run=health["seconds_per_run"])
 
 
 async def create_measure_pool(database_url: str, *, max_size: int = 4) -> asyncpg.Pool:

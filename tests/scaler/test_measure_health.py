@@ -1,5 +1,5 @@
 """The oldest ready job's age and the live workers, as the autoscaler measures them each tick
-(shoal.scaler.measure, queries.QUEUE_OLDEST_READY_AND_LIVE_WORKERS), on a real PostgreSQL."""
+(shoal.scaler.measure, queries.QUEUE_HEALTH), on a real PostgreSQL."""
 
 from __future__ import annotations
 
