@@ -98,7 +98,9 @@ def notes(results: list[Result]) -> str:
         out += [f"    BROKEN: {b}" for b in r.broken] + [f"    note: {n}" for n in r.notes]
         bad = [d for d in r.duplicate_jobs if not d["in_flight_at_fault"]][:2]
         out += [f"    e.g. job {d['job_id']} ({d['final_state']}): "
-                + "; ".join(f"pid {x['pid']} attempt {x['attempt']} {x['outcome'] or 'never ended'}" for x in d["runs"])
+                + "; ".join(f"pid {x['pid']} attempt {x['attempt']} {x['outcome'] or 'never ended'}"
+                           + ("" if x.get("after_sigcont") is None else f" (started {x['after_sigcont']} s after SIGCONT)")
+                           for x in d["runs"])
                 for d in bad]
     return "\n".join(out)
 

@@ -288,3 +288,18 @@ async def open_transactions(conn: asyncpg.Connection, ports: set[int] | None = N
     rows = await conn.fetch("SELECT client_port FROM pg_stat_activity WHERE datname = current_database() "
                             "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()")
     return sum(1 for r in rows if ports is None or r["client_port"] in ports)
+
+
+async def first_beat_after(conn: asyncpg.Connection, pid: int, since: float, timeout: float = 10.0) -> Fault:
+    """The first heartbeat of process `pid` written after epoch `since` (polled every millisecond;
+    the server's `now()` of that beat), as a `beat` fault record. A resumed worker starts no new
+    job before a heartbeat after its silence gets through (worker/keeper.py), so this bounds
+    what it could have started only because it was already starting it when stopped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at = await conn.fetchval("SELECT max(extract(epoch FROM heartbeat_at))::float8 FROM shoal.workers "
+                                 "WHERE pid = $1", pid)
+        if at is not None and at > since:
+            return Fault("beat", at, pid, "first heartbeat after SIGCONT")
+        await asyncio.sleep(0.001)
+    return Fault("beat", since, pid, "no heartbeat after SIGCONT: nothing it ran after it is excused")

@@ -15,6 +15,7 @@ from chaos_lib import (
     Fleet,
     enqueue,
     final_count,
+    first_beat_after,
     open_runs,
     open_transactions,
     say,
@@ -89,7 +90,8 @@ async def sigstop(ctx: Ctx) -> Result:
         say(f"{name}: " + (f"all final {recovery} s after SIGSTOP" if recovery is not None
                            else f"{left} jobs still not final at SIGCONT"))
         await asyncio.sleep(max(0.0, stop.at + stop_for - time.time()))  # the whole stop, then resume it
-        fleet.signal(0, "cont")
+        cont = fleet.signal(0, "cont")
+        fleet.faults.append(await first_beat_after(s.conn, cont.pid, cont.at))
         await asyncio.sleep(3)  # let the resumed worker show what it does with what it held
         await sampler.stop()
         await conclude(s, fleet, ids, 60, t0)

@@ -98,6 +98,39 @@ def _fault_during(run: Run, faults_of_pid: list[Fault], grace: float) -> str | N
 CRASH_LOSES = 1.0
 
 
+def _starting_at_stop(runs: dict[int, list[Run]], faults: list[Fault]) -> set[int]:
+    """Runs (by id) that a stopped process was already starting when SIGSTOP froze it: the
+    stop can land between a runner taking a job and the handler's first line, and the handler
+    then records its start just after SIGCONT. Per SIGCONT at most one run: the process's
+    first run started after it, if it started before the process's first heartbeat after it
+    (a resumed worker starts nothing new until such a heartbeat gets through). A worker that
+    ignored its silence would start many jobs there: all but one are still judged."""
+    starting: set[int] = set()
+    for cont in (f for f in faults if f.kind == "cont"):
+        beat = min((f.at for f in faults if f.kind == "beat" and f.pid == cont.pid and f.at >= cont.at),
+                   default=cont.at)
+        after = [r for rs in runs.values() for r in rs if r.pid == cont.pid and r.started >= cont.at]
+        first = min(after, key=lambda r: r.started, default=None)
+        if first is not None and first.started < beat:
+            starting.add(id(first))
+    return starting
+
+
+def _after_cont(run: Run, faults_of_pid: list[Fault]) -> float | None:
+    """Seconds from its process's last SIGCONT to the run's start (None: not resumed before it)."""
+    conts = [f.at for f in faults_of_pid if f.kind == "cont" and f.at <= run.started]
+    return round(run.started - max(conts), 4) if conts else None
+
+
+def _superseded_by_starting(run: Run, rs: list[Run], starting: set[int]) -> str | None:
+    """Excuse a completed run when every run of its job that started after it was one a stopped
+    process was already starting at its stop (`_starting_at_stop`): in flight at that stop."""
+    later = [r for r in rs if r is not run and r.started > run.started]
+    if later and all(id(r) in starting for r in later):
+        return "run again by a process stopped while starting it"
+    return None
+
+
 def _database_fault(run: Run, downs: list[tuple[str, float, float]]) -> str | None:
     """Why a database stop may excuse a completed run's rerun: the run ended while the server was
     down (its claim or held transaction died with the stop, its outcome could not be written),
@@ -152,6 +185,7 @@ async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Res
             downs.append((f.kind, f.at, min((g.at for g in faults if g.kind == "db-up" and g.at >= f.at),
                                             default=f.at)))
     examples: list[dict[str, Any]] = []
+    starting = _starting_at_stop(runs, faults)
     for job_id, rs in runs.items():
         superseded = [c for c in rs if c.completed and any(r is not c and r.started > c.started for r in rs)]
         superseded += [c for c in rs if c.completed and c not in superseded
@@ -159,7 +193,8 @@ async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Res
         if not superseded:
             continue
         result.duplicates += 1
-        excuses = [_fault_during(c, by_pid[c.pid], grace) or _database_fault(c, downs) for c in superseded]
+        excuses = [_fault_during(c, by_pid[c.pid], grace) or _database_fault(c, downs)
+                   or _superseded_by_starting(c, rs, starting) for c in superseded]
         at_fault = all(excuses)
         result.dup_at_fault += at_fault
         # A later run by a worker that had been stopped before it started: it ran a job it had
@@ -177,7 +212,7 @@ async def judge(conn: asyncpg.Connection, truth: asyncpg.Connection, result: Res
             "around_db_restart": around_db, "final_state": jobs[job_id]["state"] if job_id in jobs else "lost",
             "runs": [{"pid": r.pid, "attempt": r.attempt, "started": round(r.started, 3),
                       "finished": None if r.finished is None else round(r.finished, 3),
-                      "outcome": r.outcome} for r in rs],
+                      "outcome": r.outcome, "after_sigcont": _after_cont(r, by_pid[r.pid])} for r in rs],
         })
     # Up to 40 examples, the unexcused ones first.
     result.duplicate_jobs = sorted(examples, key=lambda d: d["in_flight_at_fault"])[:40]

@@ -63,12 +63,15 @@ async def test_sigterm_drains_then_releases_unfinished(db_url: str, conn: asyncp
     short = await client.enqueue_many(conn, [NewJob("term", "shoal.sleep", {"seconds": 0.5}) for _ in range(2)])
     long = await client.enqueue_many(conn, [NewJob("term", "shoal.sleep", {"seconds": 60}) for _ in range(3)])
     waiting = await client.enqueue_many(conn, [NewJob("term", "shoal.sleep", {"seconds": 60}) for _ in range(4)])
-    proc = spawn_worker(db_url, "term", "--concurrency", "5", "--drain-timeout", "2", *FAST_RESCUE,
+    proc = spawn_worker(db_url, "term", "--concurrency", "5", "--drain-timeout", "3", *FAST_RESCUE,
                         log_path=tmp_path / "w.log")
     try:
         await eventually(lambda: _at_least(conn, "running", 5), timeout=30)
+        # `running` is written by the claim, a moment before the worker's runners start the
+        # handlers; a stop in between rightly gives the jobs back unstarted. Let them start.
+        await asyncio.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        # It must exit by itself (no kill): 60 s jobs cannot finish, so only the 2 s drain
+        # It must exit by itself (no kill): 60 s jobs cannot finish, so only the 3 s drain
         # timeout followed by a release lets it go; the states below prove which happened.
         code = await asyncio.to_thread(proc.wait, 20)
     finally:
