@@ -7,7 +7,10 @@ with `--child`), so that one Python process's CPU does not cap the rate. Systems
 round by round on one server (durable settings: every call commits and waits for its WAL flush):
 
 - **shoal**: `shoal.enqueue(conn, queue, task, payload)` (asyncpg; one call to the SQL function
-  shoal.enqueue_many, which checks the job and the queue, inserts, and sends `pg_notify`);
+  shoal.enqueue_many, which checks the job and the queue and inserts; no worker waits for jobs,
+  so only the round's first job sends a `pg_notify`, sql/011_wake_gate.sql);
+- **shoal+waiting**: the same with a worker of the queue waiting for jobs (a `shoal.workers` row
+  with `waiting` true, as an idle worker leaves): every enqueue sends a `pg_notify`;
 - **bare**: `INSERT INTO bare_enqueue (queue, task, payload, max_attempts) VALUES ($1, $2, $3, $4)
   RETURNING id`, prepared, on a plain table with shoal.jobs's columns, defaults, constraints
   and indexes (`CREATE TABLE … (LIKE shoal.jobs INCLUDING ALL)`): the cost of the row itself;
@@ -49,7 +52,7 @@ import asyncpg
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "enqueue_concurrency.json"
 QUEUE, TASK = "bench", "bench.noop"
-SYSTEMS = ["shoal", "bare", "bare+notify", "bare+notify-after", "graphile-worker"]
+SYSTEMS = ["shoal", "shoal+waiting", "bare", "bare+notify", "bare+notify-after", "graphile-worker"]
 SCRIPT = Path(__file__).resolve()
 
 BARE_TABLE = "CREATE TABLE IF NOT EXISTS bare_enqueue (LIKE shoal.jobs INCLUDING ALL)"
@@ -57,7 +60,7 @@ BARE_INSERT = "INSERT INTO bare_enqueue (queue, task, payload, max_attempts) VAL
 BARE_NOTIFY = ("WITH j AS (INSERT INTO bare_enqueue (queue, task, payload, max_attempts) VALUES ($1, $2, $3::jsonb, $4) "
                "RETURNING id) SELECT id, pg_notify('bare_enqueue', $1) FROM j")
 GRAPHILE_ADD = "SELECT id FROM graphile_worker.add_job('noop', $1::json)"
-TABLES = {"shoal": "shoal.jobs", "bare": "bare_enqueue", "bare+notify": "bare_enqueue", "bare+notify-after": "bare_enqueue",
+TABLES = {"shoal": "shoal.jobs", "shoal+waiting": "shoal.jobs", "bare": "bare_enqueue", "bare+notify": "bare_enqueue", "bare+notify-after": "bare_enqueue",
           "graphile-worker": "graphile_worker._private_jobs"}
 
 
@@ -78,7 +81,7 @@ async def child(system: str, url: str, producers: int, start_at: float, seconds:
     cpu0 = cpu1 = 0.0
 
     async def one(k: int, conn: asyncpg.Connection, no: int) -> None:
-        if system == "shoal":
+        if system in ("shoal", "shoal+waiting"):
             await producer.enqueue(conn, QUEUE, TASK, {"n": no})
         elif system == "bare":
             await conn.fetchval(BARE_INSERT, QUEUE, TASK, json.dumps({"n": no}), 5)
@@ -128,6 +131,10 @@ def _pct(values: list[float], q: float) -> float:
 
 async def one_round(conn: asyncpg.Connection, url: str, cpu: Any, system: str, args: argparse.Namespace,
                     round_no: int) -> dict[str, Any]:
+    await conn.execute("DELETE FROM shoal.workers")
+    if system == "shoal+waiting":  # the row an idle worker leaves (sql/011_wake_gate.sql)
+        await conn.execute("SELECT shoal.heartbeat('bench-waiter', $1, 'bench', 0, 0, 0)", QUEUE)
+        await conn.execute("SELECT shoal.worker_waiting('bench-waiter', true)")
     await conn.execute(f"TRUNCATE {TABLES[system]}")
     await conn.execute(f"VACUUM ANALYZE {TABLES[system]}")
     await conn.execute("CHECKPOINT")
@@ -206,7 +213,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await queues.declare_queue(conn, QUEUE)
         await conn.execute(BARE_TABLE)
         cpu = await server_cpu(conn)
-        versions = {"shoal": "shoal (this tree)", **{s: f"asyncpg {asyncpg.__version__}" for s in SYSTEMS[1:4]}}
+        versions = {"shoal": "shoal (this tree)", "shoal+waiting": "shoal (this tree)",
+                    **{s: f"asyncpg {asyncpg.__version__}" for s in ("bare", "bare+notify", "bare+notify-after")}}
         if "graphile-worker" in systems:
             version = await asyncio.to_thread(graphile_schema, url)
             if version is None:
@@ -238,6 +246,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if "shoal" in ok and "bare" in ok:
         out["shoal_over_bare"] = ok["shoal"]["jobs_per_s"] / ok["bare"]["jobs_per_s"]
         print(f"\nShoal / bare INSERT: {out['shoal_over_bare']:.2f}x (goal >= 0.9x)")
+    if "shoal+waiting" in ok and "bare+notify" in ok:
+        out["shoal_waiting_over_bare_notify"] = ok["shoal+waiting"]["jobs_per_s"] / ok["bare+notify"]["jobs_per_s"]
+        print(f"Shoal with a waiting worker / bare INSERT + pg_notify: {out['shoal_waiting_over_bare_notify']:.2f}x")
     out.update({
         "command": "python bench/enqueue_concurrency.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "duration_s": time.time() - started,

@@ -52,6 +52,9 @@ FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 FINISH_HELD_TRACED = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # The beat also reports the worker's handler runs and their seconds so far (sql/010_worker_throughput.sql).
 HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4, $5, $6)"
+# Whether this worker sleeps until notified, and whether it may yet (sql/011_wake_gate.sql).
+WORKER_WAITING = "SELECT shoal.worker_waiting($1, $2)"
+WAKE_BARRIER = "SELECT shoal.wake_barrier($1)"
 # rescue_held forgets dead held batches whose jobs were claimed and finished by others since.
 RESCUE = "SELECT shoal.rescue($1) + shoal.rescue_held()"
 RELEASE = "SELECT shoal.release($1, $2, $3)"

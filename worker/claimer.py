@@ -3,7 +3,8 @@
 It decides how many to claim (free slots, claiming ahead for short jobs) and how (held for
 short jobs on a queue without limits, leased otherwise), obeys the queue's throttling (rate
 limit, pause, concurrency limit), runs a suspect job alone, gives rate-limited jobs a start
-window, and sleeps on LISTEN/NOTIFY (with a polling fallback) when there is nothing to do.
+window, and sleeps on LISTEN/NOTIFY (with a polling fallback) when there is nothing to do,
+once the database knows it waits (sql/011_wake_gate.sql: enqueues notify only waiting workers).
 Two claimer coroutines share one Claimer: while one claim is on the server the other can be.
 
 Touches: puts into the job buffer (and `start_by`), `Shared.claimed` (adds), the sink's
@@ -14,6 +15,7 @@ unwritten outcomes, and asks the keeper whether our leases are in doubt.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -50,6 +52,12 @@ class Claimer:
         self._task_info = tasks.get
         self.claiming = 0  # jobs asked for by claims in flight
         self._backlog = False  # the last claim came back full: more jobs are likely ready
+        # Wake-ups (sql/011_wake_gate.sql): what this worker last told the database (None: not
+        # yet), whether it may sleep until notified, and one writer at a time (two claimers).
+        self._waiting: bool | None = None
+        self._may_sleep = False
+        self._saying = asyncio.Lock()
+        self._barrier_retry = LoopBackoff(base=0.01, cap=0.25)
 
     def _free_slots(self) -> int:
         """How many jobs to claim now. Outcomes still being written do not hold a slot, so the
@@ -149,14 +157,53 @@ class Claimer:
                 if start_within:
                     # The claim logged these starts at the end of this window: keep that promise.
                     shared.buffer.start_by.update(dict.fromkeys((r[0] for r in rows), sent + start_within))
+                if self._backlog and self._waiting is not False:
+                    try:  # a backlog to work through: enqueues need not notify this worker
+                        await self._say_waiting(False)
+                    except Exception as exc:  # it stays notified: only a cost
+                        shared.db_lost("saying this worker has a backlog", exc)
             elif suspect:
                 shared.suspects = False  # none left (or another worker has them)
             elif not executor.busy:
-                await shared.sleep(cfg.poll_interval, shared.wake)
+                if await self._ready_to_sleep():
+                    await shared.sleep(cfg.poll_interval, shared.wake)
             else:
                 # Nothing ready now; look again when a runner frees up or a job is enqueued.
                 slot_freed.clear()
                 await shared.sleep(cfg.poll_interval, slot_freed)
+
+    async def _ready_to_sleep(self) -> bool:
+        """May this idle worker sleep until a notification? Only once its `waiting` is committed,
+        no enqueue that read it before is still uncommitted (the barrier), and it has looked at
+        the queue once more since: False until then, and the caller claims again
+        (sql/011_wake_gate.sql has the race this closes)."""
+        if self._may_sleep:
+            return True
+        shared = self.shared
+        try:
+            if self._waiting is not True:
+                await self._say_waiting(True)
+            if await self.pool.fetchval(queries.WAKE_BARRIER, self.config.queue):
+                self._may_sleep = self._waiting is True  # a backlog may have said otherwise meanwhile
+                self._barrier_retry.succeeded()
+            else:  # an enqueue is between its read and its commit: look again shortly
+                await shared.sleep(self._barrier_retry.failed(), shared.wake)
+        except Exception as exc:  # the claim that follows finds out whether the database is back
+            self._waiting = None
+            shared.db_lost("saying this worker waits for jobs", exc)
+            await shared.sleep(min(1.0, self.config.poll_interval))
+        return False
+
+    async def _say_waiting(self, waiting: bool) -> None:
+        """Tell the database whether enqueues should notify this worker (shoal.workers.waiting).
+        One write at a time, so that what we last wrote is what the row says."""
+        async with self._saying:
+            self._may_sleep = False
+            if self._waiting is waiting:
+                return
+            self._waiting = None  # unknown until written
+            await self.pool.execute(queries.WORKER_WAITING, self.config.worker_id, waiting)
+            self._waiting = waiting
 
     async def _throttled(self, reason: str, until: float | None) -> None:
         cfg, shared = self.config, self.shared

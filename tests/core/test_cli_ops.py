@@ -181,6 +181,10 @@ async def test_big_enqueue_commits_chunk_by_chunk(db_url: str, conn: asyncpg.Con
         await conn.execute("UPDATE public.hold SET hold_from = 35000; SELECT pg_advisory_lock(4242)")
         proc = await spawn(cmd, db_url)
         await eventually(lambda: _equals(visible, 35_000), timeout=60)
+        # Interrupt it once its next chunk waits on the lock: asyncpg cancels a running query
+        # with a cancel request, which the server ignores if it comes before the query does.
+        await eventually(lambda: conn.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE "
+                                               "wait_event_type = 'Lock' AND wait_event = 'advisory'"), timeout=60)
         proc.send_signal(signal.SIGINT)
         _, err = await communicate(proc)
         assert proc.returncode == 130 and "stopped after 10,000 of 25,000 jobs" in err, err

@@ -175,6 +175,8 @@ async def test_wakes_listeners_once_per_queue_at_commit(db_url: str, conn: async
                                                         copy_only: list[int]) -> None:
     await queues.declare_queue(conn, "n1")
     await queues.declare_queue(conn, "n2")
+    for queue in ("n1", "n2"):  # a live worker on each (its `waiting` unknown: notified; sql/011_wake_gate.sql)
+        await conn.execute("SELECT shoal.heartbeat($1, $2, 'host', 1, 0, 0)", f"w-{queue}", queue)
     listener = await asyncpg.connect(db_url)
     heard: list[str] = []
     await listener.add_listener("shoal_jobs", lambda _c, _pid, _channel, payload: heard.append(payload))

@@ -243,9 +243,17 @@ async def test_bad_specs_are_reported_while_good_ones_reconcile(
 
 
 async def cron_jobs(db_url: str, cron: str) -> tuple[list[Any], list[Any]]:
-    ticks = await db_fetch(db_url, "SELECT tick, job_id FROM shoal.cron_ticks WHERE cron_name = $1 ORDER BY tick", cron)
-    jobs = await db_fetch(db_url, "SELECT id, unique_key FROM shoal.jobs WHERE unique_key LIKE $1", f"cron:{cron}:%")
-    return ticks, jobs
+    """The ticks and their jobs from one snapshot: a restarted operator catches missed ticks up
+    in a burst, and two separate reads could fall on either side of it."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            ticks = await conn.fetch("SELECT tick, job_id FROM shoal.cron_ticks WHERE cron_name = $1 ORDER BY tick",
+                                     cron)
+            jobs = await conn.fetch("SELECT id, unique_key FROM shoal.jobs WHERE unique_key LIKE $1", f"cron:{cron}:%")
+    finally:
+        await conn.close()
+    return list(ticks), list(jobs)
 
 
 def assert_exactly_once(ticks: list[Any], jobs: list[Any]) -> None:
