@@ -14,8 +14,9 @@
 -- after that worker's last look at the queue, and the worker sleeps on a job nobody told it of.
 -- So a producer takes a shared advisory lock on the queue (shoal.wake_key) before it reads, held
 -- until its commit, and a worker, once its `waiting` is committed, sleeps only after it could
--- take that lock exclusively (shoal.wake_barrier, which never waits: a producer is never held
--- up by a worker) and looked at the queue once more. Any producer that read before the worker's
+-- take that lock exclusively (shoal.wake_barrier: it never waits and holds the lock only for
+-- the instant of the test, so a worker never holds up a producer) and looked at the queue once
+-- more; while a producer's transaction stays open the worker keeps looking every 10-250 ms. Any producer that read before the worker's
 -- commit held the lock then, so the barrier passes only after it committed, and the worker's
 -- last look sees its job; any producer that read after it sees `waiting` and notifies.
 

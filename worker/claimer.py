@@ -55,6 +55,7 @@ class Claimer:
         # Wake-ups (sql/011_wake_gate.sql): what this worker last told the database (None: not
         # yet), whether it may sleep until notified, and one writer at a time (two claimers).
         self._waiting: bool | None = None
+        self._said = 0  # writes of it so far: a barrier counts only if none came between
         self._may_sleep = False
         self._saying = asyncio.Lock()
         self._barrier_retry = LoopBackoff(base=0.01, cap=0.25)
@@ -183,8 +184,10 @@ class Claimer:
         try:
             if self._waiting is not True:
                 await self._say_waiting(True)
+            said = self._said
             if await self.pool.fetchval(queries.WAKE_BARRIER, self.config.queue):
-                self._may_sleep = self._waiting is True  # a backlog may have said otherwise meanwhile
+                # Unless another claimer wrote meanwhile (a backlog said false): then look again.
+                self._may_sleep = self._waiting is True and self._said == said
                 self._barrier_retry.succeeded()
             else:  # an enqueue is between its read and its commit: look again shortly
                 await shared.sleep(self._barrier_retry.failed(), shared.wake)
@@ -202,6 +205,7 @@ class Claimer:
             if self._waiting is waiting:
                 return
             self._waiting = None  # unknown until written
+            self._said += 1
             await self.pool.execute(queries.WORKER_WAITING, self.config.worker_id, waiting)
             self._waiting = waiting
 

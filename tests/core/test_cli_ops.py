@@ -181,10 +181,10 @@ async def test_big_enqueue_commits_chunk_by_chunk(db_url: str, conn: asyncpg.Con
         await conn.execute("UPDATE public.hold SET hold_from = 35000; SELECT pg_advisory_lock(4242)")
         proc = await spawn(cmd, db_url)
         await eventually(lambda: _equals(visible, 35_000), timeout=60)
-        # Interrupt it once its next chunk waits on the lock: asyncpg cancels a running query
-        # with a cancel request, which the server ignores if it comes before the query does.
-        await eventually(lambda: conn.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE "
-                                               "wait_event_type = 'Lock' AND wait_event = 'advisory'"), timeout=60)
+        # Interrupt it while its next chunk waits on the lock.
+        await eventually(lambda: conn.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = "
+                                               "current_database() AND wait_event_type = 'Lock' AND "
+                                               "wait_event = 'advisory'"), timeout=60)
         proc.send_signal(signal.SIGINT)
         _, err = await communicate(proc)
         assert proc.returncode == 130 and "stopped after 10,000 of 25,000 jobs" in err, err
@@ -196,13 +196,25 @@ async def test_big_enqueue_commits_chunk_by_chunk(db_url: str, conn: asyncpg.Con
         await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: under
+    # `.ci/run &` the command would rightly ignore the Ctrl-C this test sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def spawn(cmd: list[str], db_url: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(*cmd, env=cli_env(db_url), stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+                                                stderr=asyncio.subprocess.PIPE, preexec_fn=_default_sigint)
 
 
 async def communicate(proc: asyncio.subprocess.Process) -> tuple[str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    talk = asyncio.ensure_future(proc.communicate())
+    done, _ = await asyncio.wait([talk], timeout=60)
+    if not done:  # kill it, and show what it said
+        proc.kill()
+        _, err = await talk
+        raise AssertionError(f"the command did not exit within 60 s; its stderr:\n{err.decode()[-2000:]}")
+    out, err = talk.result()
     return out.decode(), err.decode()
 
 
