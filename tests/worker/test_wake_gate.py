@@ -35,7 +35,8 @@ async def _heard_after_enqueue(conn: asyncpg.Connection, heard: list[str], queue
     return queue in heard
 
 
-async def test_only_queues_with_a_waiting_worker_or_no_pending_job_are_notified(db_url: str, conn: asyncpg.Connection) -> None:
+async def test_only_queues_with_a_waiting_worker_or_no_pending_job_are_notified(db_url: str,
+                                                                                 conn: asyncpg.Connection) -> None:
     await queues.declare_queue(conn, "g")
     listener, heard = await _listening(db_url)
     try:
@@ -59,6 +60,7 @@ async def test_only_queues_with_a_waiting_worker_or_no_pending_job_are_notified(
 async def test_the_barrier_holds_until_producers_that_missed_waiting_commit(db_url: str,
                                                                             conn: asyncpg.Connection) -> None:
     await queues.declare_queue(conn, "b")
+    await client.enqueue(conn, "b", "t")  # a pending job: only a waiting worker makes an enqueue notify
     await conn.execute("SELECT shoal.heartbeat('w1', 'b', 'host', 1, 0, 0)")
     await conn.execute("SELECT shoal.worker_waiting('w1', false)")
     producer = await asyncpg.connect(db_url)
@@ -73,7 +75,7 @@ async def test_the_barrier_holds_until_producers_that_missed_waiting_commit(db_u
         await tx.commit()
         assert await conn.fetchval("SELECT shoal.wake_barrier('b')") is True
         # Now the worker's last look sees that producer's job.
-        assert await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE queue = 'b' AND state = 'pending'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM shoal.jobs WHERE queue = 'b' AND state = 'pending'") == 2
     finally:
         await producer.close()
 
@@ -85,14 +87,16 @@ async def _waiting(conn: asyncpg.Connection, queue: str) -> bool | None:
 async def test_an_idle_worker_is_notified_and_a_busy_one_costs_no_notify(db_url: str, conn: asyncpg.Connection,
                                                                         tmp_path: Path) -> None:
     await queues.declare_queue(conn, "idle", keep_succeeded_seconds=3600)
-    # Polling every 30 s: a job picked up within seconds was found through a notification.
+    # A job scheduled an hour ahead keeps the queue from being empty, so that only a waiting
+    # worker makes an enqueue notify; and polling every 30 s, the worker picks a job up within
+    # seconds only through a notification.
+    await client.enqueue(conn, "idle", "shoal.noop", delay=3600)
     proc = spawn_worker(db_url, "idle", "--concurrency", "2", "--poll-interval", "30",
                         log_path=tmp_path / "w.log")
     listener, heard = await _listening(db_url)
     try:
         await eventually(lambda: _waiting(conn, "idle"), timeout=30)
         job = await client.enqueue(conn, "idle", "shoal.noop")
-        # Well within the 30 s poll: only the notification can have woken it.
         await eventually(lambda: conn.fetchval("SELECT state = 'succeeded' FROM shoal.jobs WHERE id = $1", job),
                          timeout=10)
         # A backlog: 2 slots, 6 jobs of 1.5 s. The full claim says `waiting` false.
