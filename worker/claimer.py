@@ -53,10 +53,11 @@ class Claimer:
         self.claiming = 0  # jobs asked for by claims in flight
         self._backlog = False  # the last claim came back full: more jobs are likely ready
         # Wake-ups (sql/011_wake_gate.sql): what this worker last told the database (None: not
-        # yet), whether it may sleep until notified, and one writer at a time (two claimers).
+        # yet), how many writes of it so far, at which of them the barrier last passed (it may
+        # sleep until notified while no write came since), and one writer at a time (two claimers).
         self._waiting: bool | None = None
-        self._said = 0  # writes of it so far: a barrier counts only if none came between
-        self._may_sleep = False
+        self._said = 0
+        self._cleared_at: int | None = None
         self._saying = asyncio.Lock()
         self._barrier_retry = LoopBackoff(base=0.01, cap=0.25)
 
@@ -178,7 +179,7 @@ class Claimer:
         no enqueue that read it before is still uncommitted (the barrier), and it has looked at
         the queue once more since: False until then, and the caller claims again
         (sql/011_wake_gate.sql has the race this closes)."""
-        if self._may_sleep:
+        if self._waiting is True and self._cleared_at == self._said:
             return True
         shared = self.shared
         try:
@@ -186,8 +187,7 @@ class Claimer:
                 await self._say_waiting(True)
             said = self._said
             if await self.pool.fetchval(queries.WAKE_BARRIER, self.config.queue):
-                # Unless another claimer wrote meanwhile (a backlog said false): then look again.
-                self._may_sleep = self._waiting is True and self._said == said
+                self._cleared_at = said  # void if another claimer wrote meanwhile (a backlog said false)
                 self._barrier_retry.succeeded()
             else:  # an enqueue is between its read and its commit: look again shortly
                 await shared.sleep(self._barrier_retry.failed(), shared.wake)
@@ -201,7 +201,6 @@ class Claimer:
         """Tell the database whether enqueues should notify this worker (shoal.workers.waiting).
         One write at a time, so that what we last wrote is what the row says."""
         async with self._saying:
-            self._may_sleep = False
             if self._waiting is waiting:
                 return
             self._waiting = None  # unknown until written
