@@ -19,6 +19,7 @@ import asyncpg
 
 from shoal import queries, tracing
 from shoal.copy_rows import COPY_CHUNK, COPY_HEADER, COPY_TRAILER, CopyRows, no_unique_keys, plain_queue_names
+from shoal.errors import UnknownQueueError
 from shoal.jobs import Executor, NewJob
 from shoal.validation import Batch, Row, translate_errors, validate
 
@@ -44,6 +45,22 @@ def insert_args(batch: Batch) -> tuple[Any, ...]:
             _none_if_all(max_attempts, None), _none_if_all(unique_keys, None), tracing.current_context())
 
 
+def one_args(row: Row) -> tuple[Any, ...] | None:
+    """queries.ENQUEUE_ONE's arguments for a checked job, or None if it needs shoal.enqueue_many
+    (a unique key: the live job's id may come back instead). The psycopg producer sends the same."""
+    queue, task, payload, priority, run_at, max_attempts, unique_key = row
+    if unique_key is not None:
+        return None
+    return (queue, task, payload, priority, run_at, max_attempts, tracing.current_context())
+
+
+def unknown_queue_if_none(job_id: int | None, queue: str) -> int:
+    """ENQUEUE_ONE returns no row for a queue that does not exist."""
+    if job_id is None:
+        raise UnknownQueueError(queue)
+    return job_id
+
+
 async def enqueue(db: Executor, queue: str, task: str, payload: Any = None, *, priority: int = 0,
                   run_at: datetime | None = None, delay: float | timedelta | None = None,
                   max_attempts: int | None = None, unique_key: str | None = None) -> int:
@@ -66,10 +83,14 @@ async def enqueue_many(db: Executor, jobs: Iterable[NewJob]) -> list[int]:
 
 
 async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
-    """One round trip: shoal.enqueue_many (sql/001_schema.sql) unnests the columns and INSERTs."""
+    """One round trip: one statement for a single job without a unique key (queries.ENQUEUE_ONE),
+    else shoal.enqueue_many (sql/001_schema.sql), which unnests the columns and INSERTs."""
     if not batch.rows:
         return []
+    one = one_args(batch.rows[0]) if len(batch.rows) == 1 else None
     with translate_errors(len(batch.rows)):
+        if one is not None:
+            return [unknown_queue_if_none(await db.fetchval(queries.ENQUEUE_ONE, *one), one[0])]
         rows = await db.fetch(queries.ENQUEUE_MANY, *insert_args(batch))
     return [r["id"] for r in rows]
 

@@ -9,6 +9,20 @@ from __future__ import annotations
 # --- enqueue ------------------------------------------------------------------
 # $8: the trace context of the batch (sql/009_trace_context.sql, shoal.tracing), NULL when untraced.
 ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8)"
+# One job without a unique key (sql/012_enqueue_one.sql), for both drivers (hence the casts): $1 queue,
+# $2 task, $3 payload (JSON text), $4 priority, $5 run_at (NULL: now), $6 max_attempts (NULL: the
+# queue's), $7 trace context. The queue's wake lock is taken before shoal.wake_locked reads who
+# waits; no row back means the queue does not exist.
+ENQUEUE_ONE = """
+WITH q AS MATERIALIZED (
+    SELECT qq.name, qq.max_attempts, pg_advisory_xact_lock_shared(shoal.wake_key(qq.name))
+      FROM shoal.queues qq WHERE qq.name = $1::text)
+INSERT INTO shoal.jobs (queue, task, payload, priority, run_at, max_attempts, trace_context)
+SELECT q.name, $2::text, $3::jsonb, $4::smallint, coalesce($5::timestamptz, now()),
+       coalesce($6::integer, q.max_attempts), $7::text
+  FROM q, LATERAL shoal.wake_locked(q.name) AS w
+RETURNING id
+"""
 # Large batches (sql/003_enqueue_copy.sql): reserve ids and read defaults, then COPY the rows in
 # with these columns, in this order.
 ENQUEUE_RESERVE = """

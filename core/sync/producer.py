@@ -16,7 +16,7 @@ from typing import Any
 from shoal import queries, tracing
 from shoal.copy_rows import COPY_CHUNK, COPY_HEADER, COPY_TRAILER, CopyRows, no_unique_keys, plain_queue_names
 from shoal.jobs import NewJob
-from shoal.producer import COPY_MIN_BATCH, insert_args
+from shoal.producer import COPY_MIN_BATCH, insert_args, one_args, unknown_queue_if_none
 from shoal.sync._db import Connection, cursor, in_callers_transaction, translate_errors
 from shoal.validation import Batch, Row, validate
 
@@ -41,10 +41,16 @@ def enqueue_many(conn: Connection, jobs: Iterable[NewJob]) -> list[int]:
 
 
 def _enqueue_insert(conn: Connection, batch: Batch) -> list[int]:
-    """One round trip: shoal.enqueue_many unnests the columns and INSERTs."""
+    """One round trip: queries.ENQUEUE_ONE for a single job without a unique key, else
+    shoal.enqueue_many, as on the async path."""
     if not batch.rows:
         return []
+    one = one_args(batch.rows[0]) if len(batch.rows) == 1 else None
     with translate_errors(len(batch.rows)), cursor(conn) as cur:
+        if one is not None:
+            cur.execute(queries.ENQUEUE_ONE, one)
+            row = cur.fetchone()
+            return [unknown_queue_if_none(None if row is None else row[0], one[0])]
         cur.execute(queries.ENQUEUE_MANY_TYPED, insert_args(batch))
         return [row[0] for row in cur.fetchall()]
 

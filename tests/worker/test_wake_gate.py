@@ -80,6 +80,33 @@ async def test_the_barrier_holds_until_producers_that_missed_waiting_commit(db_u
         await producer.close()
 
 
+async def test_a_producer_reads_waiting_after_its_lock_not_at_its_statement_start(
+        db_url: str, conn: asyncpg.Connection) -> None:
+    """The single-job statement (queries.ENQUEUE_ONE) takes its snapshot before it waits for the
+    wake lock; a worker that set `waiting` meanwhile must still be notified, or it could pass its
+    barrier, look at the queue before this job commits, and sleep on it."""
+    await queues.declare_queue(conn, "s")
+    await client.enqueue(conn, "s", "t")  # a pending job: only a waiting worker makes an enqueue notify
+    await conn.execute("SELECT shoal.heartbeat('w1', 's', 'host', 1, 0, 0)")
+    await conn.execute("SELECT shoal.worker_waiting('w1', false)")
+    listener, heard = await _listening(db_url)
+    holder = await asyncpg.connect(db_url)
+    producer = await asyncpg.connect(db_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(shoal.wake_key('s'))")  # as a barrier test holds it
+        heard.clear()
+        enqueue = asyncio.ensure_future(client.enqueue(producer, "s", "t"))
+        await eventually(lambda: holder.fetchval(
+            "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"), timeout=5)
+        await conn.execute("SELECT shoal.worker_waiting('w1', true)")  # committed while the producer waits
+        await holder.execute("SELECT pg_advisory_unlock(shoal.wake_key('s'))")
+        await enqueue
+        await eventually(lambda: asyncio.sleep(0, "s" in heard), timeout=5)
+    finally:
+        for c in (listener, holder, producer):
+            await c.close()
+
+
 async def _waiting(conn: asyncpg.Connection, queue: str) -> bool | None:
     return await conn.fetchval("SELECT bool_and(waiting) FROM shoal.workers WHERE queue = $1", queue)
 
