@@ -141,11 +141,14 @@ def ensure_node(env: PeerEnv, log: Log) -> None:
             env.unavailable.setdefault(name, "not installed in bench/.peers/node")
 
 
-def ensure_peers(log: Log = print) -> PeerEnv:
+def ensure_peers(log: Log = print, python: bool = True, node: bool = True) -> PeerEnv:
+    """The peers asked for (Python ones, Node ones): a run of Shoal and the bare loop installs neither."""
     PEERS.mkdir(parents=True, exist_ok=True)
     env = PeerEnv()
-    ensure_python(env, log)
-    ensure_node(env, log)
+    if python:
+        ensure_python(env, log)
+    if node:
+        ensure_node(env, log)
     return env
 
 
