@@ -7,6 +7,9 @@ Enqueues N no-op jobs, starts one worker process (or --workers N), and over a fe
 reads the CPU time used by the worker and by every PostgreSQL process. Usage:
 
     .venv/bin/python bench/cpu_per_job.py [--jobs 500000] [--concurrency 500] [--seconds 3] [--rounds 3] [--workers 1]
+
+Prints the median of the rounds as its last line (`{"median": {mode: {rate, worker_us, pg_us}}}`) and
+writes it, with every round, the command and the machine, to bench/results/cpu_per_job.json (`--output`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import asyncio
 import functools
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -27,11 +32,13 @@ import psutil
 from shoal import client, queues
 from shoal.client import NewJob
 from shoal.migrate import migrate
+from shoal.testing.machine import cpu_model
 from shoal.testing.postgres import database
 from shoal.testing.workers import spawn_worker
 
 MODES = {"leased": ["--no-held-claims"], "held": [], "bare": None}
 BARE = Path(__file__).resolve().parent / "peers" / "bare_bench.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "cpu_per_job.json"
 
 
 def postgres_cpu() -> float:
@@ -89,10 +96,12 @@ async def measure(url: str, conn: asyncpg.Connection, args: argparse.Namespace,
     return {"rate": done / (t1 - t0), "worker_us": (w1 - w0) / done * 1e6, "pg_us": (p1 - p0) / done * 1e6}
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    started = time.time()
     with database("shoal-cpu-") as url:
         await migrate(url)
         conn = await asyncpg.connect(url)
+        version = await conn.fetchval("SHOW server_version")
         await queues.declare_queue(conn, "cpu")
         results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
         for round_no in range(args.rounds):
@@ -109,6 +118,14 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  {mode:6}: {m['rate']:8,.0f} jobs/s ({m['rate'] / med['held']['rate']:.2f}x held); worker CPU "
                   f"{m['worker_us']:5.1f} us/job; PostgreSQL CPU {m['pg_us']:5.1f} us/job")
         print(json.dumps({"median": med}))
+    return {
+        "command": "python bench/cpu_per_job.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "duration_s": time.time() - started,
+        "machine": {"nproc": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "os": platform.platform(),
+                    "python": platform.python_version(), "postgresql": version, "asyncpg": asyncpg.__version__},
+        "args": {k: v for k, v in vars(args).items() if k != "output"},
+        "median": med, "rounds": results,
+    }
 
 
 if __name__ == "__main__":
@@ -118,4 +135,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (their CPU is summed)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--output", default=str(RESULTS), help="JSON results file ('' for none)")
+    cli = parser.parse_args()
+    report = asyncio.run(main(cli))
+    if cli.output:
+        Path(cli.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cli.output).write_text(json.dumps(report, indent=2) + "\n")
