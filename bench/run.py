@@ -1259,7 +1259,8 @@ def parse_args() -> argparse.Namespace:
     if set(args.shoal_only) - set(SHOAL_ONLY):
         p.error(f"unknown Shoal-only workload(s); choose from {', '.join(SHOAL_ONLY)} or 'none'")
     args.command = "python bench/run.py" + "".join(f" {a}" for a in sys.argv[1:])
-    args.output_shown = os.path.relpath(args.output, ROOT)
+    out = args.output.resolve()
+    args.output_shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     return args
 
 
