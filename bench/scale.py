@@ -20,6 +20,7 @@ workers grow (bench/workers_scaling.py), 6 single-job enqueue under concurrency
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
+
+from shoal.testing.machine import cpu_model
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -249,15 +254,19 @@ def _tail(log: Path) -> str:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """Ctrl-C to the item's process group, so that its cleanup runs (its embedded PostgreSQL stops, its
+    workers too), then SIGKILL to whatever is left of its process tree after 30 s."""
+    tree: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.kill()  # psutil checks that the pid is still that process
+    proc.wait()
 
 
 def run_item(item: Item, out_dir: Path, log_dir: Path, quick: bool, limit_s: float) -> Json:
@@ -311,13 +320,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-def machine() -> Json:
-    from shoal.testing.machine import cpu_model
-
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "os": platform.platform(),
-            "python": platform.python_version()}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="each script's small run: a smoke test (temp dir, no docs)")
@@ -326,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-docs", action="store_true", help="never touch docs/benchmarks.md")
     p.add_argument("--limit", type=float, default=2400, help="seconds an item may take before it is stopped")
     args = p.parse_args(argv)
-    chosen = {int(n) for n in args.only.split(",") if n.strip()} if args.only else {i.no for i in ITEMS}
-    if chosen - {i.no for i in ITEMS}:
+    numbers = {str(i.no): i.no for i in ITEMS}
+    chosen = {numbers.get(n.strip(), 0) for n in args.only.split(",")} if args.only else set(numbers.values())
+    if 0 in chosen:
         p.error(f"--only: items are numbered 1 to {len(ITEMS)}")
     out_dir = Path(tempfile.mkdtemp(prefix="shoal-scale-quick-")) if args.quick else RESULTS
     log_dir = out_dir / "logs" if args.quick else BENCH / ".peers" / "logs"
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                for i in ITEMS]
     report = {"finished_at": _now(), "duration_s": time.monotonic() - START, "quick": args.quick,
               "command": "python bench/scale.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv)),
-              "machine": machine(), "items": entries}
+              "machine": {"nproc": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "os": platform.platform(),
+                          "python": platform.python_version()}, "items": entries}
     (out_dir / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
     table = render(report)
     print(f"\n{table}\n\nresults: {out_dir / 'scale.json'}")
