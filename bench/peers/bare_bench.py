@@ -70,6 +70,9 @@ async def noop(payload: dict[str, object]) -> None:
 
 
 async def worker(url: str, latency: bool) -> None:
+    # READY before connecting, as every other adapter prints it before its library's start call
+    # (which connects): the drain's clock includes each system's own start-up.
+    c.ready()
     wake = asyncio.Event()
     listener = await asyncpg.connect(url)
     await listener.add_listener(CHANNEL, lambda *_: wake.set())
@@ -93,7 +96,6 @@ async def worker(url: str, latency: bool) -> None:
                 except TimeoutError:
                     pass
 
-    c.ready()
     tasks = [asyncio.create_task(loop(i)) for i in range(LOOPS)]
     await c.until_terminated()
     for t in tasks:
