@@ -152,13 +152,19 @@ class Claimer:
             finally:
                 shared.claims_in_flight -= 1
                 self.claiming -= free
-            if rows and rows[0]["id"] is None:
-                await self._throttled(rows[0]["task"], rows[0]["run_at"])
-            elif rows:
+            throttled = rows[0] if rows and rows[0]["id"] is None else None
+            got = len(rows)
+            if got and throttled is None:
                 self._accept(rows, batch)
                 if start_within:
                     # The claim logged these starts at the end of this window: keep that promise.
                     shared.buffer.start_by.update(dict.fromkeys((r[0] for r in rows), sent + start_within))
+            # Not kept across the awaits below: a claim's rows are as many objects for the
+            # cyclic GC to walk (and promote) while they stay referenced.
+            del rows, batch
+            if throttled is not None:
+                await self._throttled(throttled["task"], throttled["run_at"])
+            elif got:
                 if self._backlog and self._waiting is not False:
                     try:  # a backlog to work through: enqueues need not notify this worker
                         await self._say_waiting(False)
