@@ -39,6 +39,9 @@ class TaskInfo:
     timeout: float | None
     ran: Any  # handler duration histogram child
     waited: Any  # queue wait histogram child
+    # The coroutine function of an async task without a timeout (the executor awaits it
+    # directly, see Executor.runner); None: run through Executor._run_one.
+    plain: Any = None
 
 
 class TaskTable:
@@ -57,11 +60,17 @@ class TaskTable:
             if spec is not None:  # labelled by its name; any other name is metrics.UNREGISTERED_TASK
                 metrics.register_task(task)
             timeout = None if spec is None else spec.timeout if spec.timeout is not None else cfg.job_timeout
+            plain = spec.fn if spec is not None and spec.is_async and timeout is None and not spec.batch else None
             info = TaskInfo(spec, timeout, metrics.JOB_DURATION.labels(cfg.queue, task),
-                            metrics.QUEUE_WAIT.labels(cfg.queue, task))
+                            metrics.QUEUE_WAIT.labels(cfg.queue, task), plain)
             if spec is not None:
                 self._known[task] = info
         return info
+
+    @property
+    def known(self) -> dict[str, TaskInfo]:
+        """The tasks looked up so far that have a handler (changed in place only)."""
+        return self._known
 
 
 class Executor:
@@ -74,20 +83,25 @@ class Executor:
         self.avg_duration = 1.0  # moving average of handler run time; assume slow until measured
         # Per-job lookups, bound once: the tables are only ever changed in place.
         self._task_info = tasks.get
+        self._known = tasks.known
         self._cancelling = shared.cancelling
         self._batch_of = shared.sink.batch_of
         self._lost = shared.sink.lost
         self._put = shared.sink.put
 
     async def runner(self) -> None:
-        """One of `concurrency` long-lived coroutines: cheaper than a task per job."""
+        """One of `concurrency` long-lived coroutines: cheaper than a task per job. A job runs
+        inline here, its handler awaited without a coroutine of ours around it: at tens of
+        thousands of no-op jobs a second, every call per job shows in the worker's CPU."""
         me = asyncio.current_task()
         assert me is not None
         loop = asyncio.get_running_loop()
         shared, keeper, jb = self.shared, self.keeper, self.shared.buffer
         buffer, idle, start_by = jb.items, jb.idle, jb.start_by
         executing, slot_freed, stopping = shared.executing, shared.slot_freed, shared.stopping
+        known, task_info, batch_of, lost, put = self._known, self._task_info, self._batch_of, self._lost, self._put
         doubt_after = keeper.doubt_after
+        perf_counter, monotonic = time.perf_counter, time.monotonic
         streak = 0
         while True:
             streak += 1
@@ -107,26 +121,71 @@ class Executor:
                 finally:
                     if parked.done() and not parked.cancelled():
                         jb.waking -= 1
-            if time.monotonic() - keeper.beat_ok_at > doubt_after:
+            if monotonic() - keeper.beat_ok_at > doubt_after:
                 await keeper.confirm_leases()
                 continue
-            item = buffer.popleft()
+            job = buffer.popleft()
             if buffer and idle and jb.waking < WAKE_AHEAD:
                 jb.wake_runners(1)  # more work: pass it on before this job may block
-            jobs = item if isinstance(item, list) else (item,)
-            jb.count -= len(jobs)
-            if start_by and await self._released_late(jobs):
+            if isinstance(job, list):
+                await self._start_batch(job, me)
                 continue
+            jb.count -= 1
+            if start_by and await self._released_late((job,)):
+                continue
+            info = known.get(job.task) or task_info(job.task)
+            fn = info.plain
             self.busy += 1
-            for job in jobs:
-                executing[job.id] = me
+            executing[job.id] = me
+            started = perf_counter()
             try:
-                await (self._run_batch(item) if isinstance(item, list) else self._run_one(item))
+                if fn is not None and type(job) is Job:  # no timeout, no span: the common case
+                    try:
+                        await fn(job)
+                        outcome = Outcome(job, "ok")
+                    except asyncio.CancelledError:
+                        if not self._was_cancelled((job,)):
+                            raise  # shutdown past the drain timeout: the job is released, not failed
+                        outcome = Outcome(job, "cancel", "cancelled while running")
+                    except Exception as exc:
+                        outcome = self.failure(job, exc)
+                else:
+                    outcome = await self._run_one(job, info)
             finally:
-                for job in jobs:
-                    executing.pop(job.id, None)
+                executing.pop(job.id, None)
                 self.busy -= 1
                 slot_freed.set()
+            elapsed = perf_counter() - started
+            self.avg_duration += (elapsed - self.avg_duration) * 0.02
+            info.ran.observe(elapsed)
+            shared.runs += 1
+            shared.busy_seconds += elapsed
+            batch = batch_of.get(job.id)
+            if batch is not None and not lost:
+                batch.add(outcome)  # the common case of a fast queue, without the sink's loop
+            else:
+                put((outcome,))
+            # A parked runner must not keep its last batch alive: a committed held batch holds
+            # every job and outcome of its claim (with 500 runners: most of 100k objects the
+            # cyclic GC kept walking).
+            del batch, outcome
+
+    async def _start_batch(self, jobs: list[Job], me: asyncio.Task[None]) -> None:
+        """Run one call of a batch task (the runner's bookkeeping around `_run_batch`)."""
+        self.shared.buffer.count -= len(jobs)
+        if self.shared.buffer.start_by and await self._released_late(jobs):
+            return
+        executing = self.shared.executing
+        self.busy += 1
+        for job in jobs:
+            executing[job.id] = me
+        try:
+            await self._run_batch(jobs)
+        finally:
+            for job in jobs:
+                executing.pop(job.id, None)
+            self.busy -= 1
+            self.shared.slot_freed.set()
 
     async def _released_late(self, jobs: Sequence[Job]) -> bool:
         """Give back rate-limited jobs that could not start within their claim's window (the
@@ -155,7 +214,7 @@ class Executor:
         return failure_outcome(job, exc, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.shared.rng,
                                timeout=timeout)
 
-    def _was_cancelled(self, jobs: list[Job]) -> bool:
+    def _was_cancelled(self, jobs: Sequence[Job]) -> bool:
         """A CancelledError meant for this job (not a shutdown): keep the runner alive."""
         if not any(j.id in self._cancelling for j in jobs):
             return False
@@ -164,14 +223,15 @@ class Executor:
             task.uncancel()
         return True
 
-    async def _run_one(self, job: Job) -> None:
-        info = self._task_info(job.task)
+    async def _run_one(self, job: Job, info: TaskInfo) -> Outcome:
+        """Run one job the runner does not run inline: with a timeout, a span (a traced job), in
+        a thread (a sync handler), or none (no handler). CancelledError: shutdown, the job is
+        released."""
         spec = info.spec
         span = (tracing.start_job(job.trace_context, job.queue, job.task, job.id, job.attempt)
                 if type(job) is TracedJob else None)
         outcome: Outcome | None = None
         error: BaseException | None = None
-        started = time.perf_counter()
         try:
             if spec is None:
                 known = ", ".join(sorted(self.config.registry.tasks)) or "none"
@@ -180,13 +240,13 @@ class Executor:
                                   "passed to --tasks", None)
             else:
                 if info.timeout is None:
-                    await (spec.fn(job) if spec.is_async else call(spec, job))
+                    await call(spec, job)
                 else:
                     async with asyncio.timeout(info.timeout):
                         await call(spec, job)
                 outcome = Outcome(job, "ok")
         except asyncio.CancelledError:
-            if not self._was_cancelled([job]):
+            if not self._was_cancelled((job,)):
                 raise  # shutdown past the drain timeout: the job is released, not failed
             outcome = Outcome(job, "cancel", "cancelled while running")
         except Exception as exc:
@@ -195,17 +255,7 @@ class Executor:
         finally:
             if span is not None:  # outcome None: released at shutdown
                 tracing.end_job(span, outcome, error)
-        elapsed = time.perf_counter() - started
-        self.avg_duration += (elapsed - self.avg_duration) * 0.02
-        info.ran.observe(elapsed)
-        shared = self.shared
-        shared.runs += 1
-        shared.busy_seconds += elapsed
-        batch = self._batch_of.get(job.id)
-        if batch is not None and not self._lost:
-            batch.add(outcome)  # the common case of a fast queue, without the sink's loop
-        else:
-            self._put((outcome,))
+        return outcome
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         spec = self.config.registry.tasks[jobs[0].task]
