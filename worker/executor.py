@@ -101,6 +101,7 @@ class Executor:
         buffer, idle, start_by = jb.items, jb.idle, jb.start_by
         executing, slot_freed, stopping = shared.executing, shared.slot_freed, shared.stopping
         known, task_info, batch_of, lost, put = self._known, self._task_info, self._batch_of, self._lost, self._put
+        sink = shared.sink
         doubt_after = keeper.doubt_after
         perf_counter, monotonic = time.perf_counter, time.monotonic
         streak = 0
@@ -164,10 +165,14 @@ class Executor:
             shared.runs += 1
             shared.busy_seconds += elapsed
             batch = batch_of.get(job.id)
-            if batch is not None and not lost:
+            if lost:  # held batches were lost with their connection: the sink sorts it out
+                put((outcome,))
+            elif batch is not None:
                 batch.add(outcome)  # the common case of a fast queue, without the sink's loop
             else:
-                put((outcome,))
+                if not sink.leased:  # sink.put's leased case, inline (see OutcomeSink.ready)
+                    sink.ready.set()
+                sink.leased.append(outcome)
             # A parked runner must not keep its last batch alive: a committed held batch holds
             # every job and outcome of its claim (with 500 runners: most of 100k objects the
             # cyclic GC kept walking).
