@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shoal.worker.outcome import Outcome
+from shoal.worker.outcome import Outcome, has_followups
 
 # How long a held transaction may stay open before its unfinished jobs become leases.
 HOLD_BUDGET = 1.0
@@ -66,15 +66,19 @@ def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> CloseP
     """
     record: list[Outcome] = []
     relay: list[Outcome] = []
-    for outcome in batch.outcomes.values():
-        (relay if outcome.kind == "ok" and outcome.job.followups else record).append(outcome)
+    if has_followups(batch.outcomes.values()):
+        for outcome in batch.outcomes.values():
+            (relay if outcome.kind == "ok" and outcome.job.followups else record).append(outcome)
+    else:  # the common case: no pass in Python
+        record = list(batch.outcomes.values())
     lease_ids: list[int] = [o.job.id for o in relay]
     released: list[int] = []
-    for job_id in batch.ids:
-        if job_id in batch.outcomes:
-            continue
-        if stopping and job_id not in started:
-            released.append(job_id)
-        else:
-            lease_ids.append(job_id)
+    if len(batch.outcomes) < len(batch.ids):  # else every job has its outcome (the common case)
+        for job_id in batch.ids:
+            if job_id in batch.outcomes:
+                continue
+            if stopping and job_id not in started:
+                released.append(job_id)
+            else:
+                lease_ids.append(job_id)
     return ClosePlan(lease_ids, record, relay, released)
