@@ -36,13 +36,17 @@ class HeldBatch:
     late: list[Outcome] = field(default_factory=list)  # arrived while the batch was being closed
     closing: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    size: int = field(init=False)  # len(ids)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.ids)
 
     def add(self, outcome: Outcome) -> None:
         if self.closing:
             self.late.append(outcome)
             return
         self.outcomes[outcome.job.id] = outcome
-        if len(self.outcomes) == len(self.ids):
+        if len(self.outcomes) == self.size:
             self.done.set()
 
 
