@@ -27,6 +27,7 @@ from shoal import queries, tracing
 from shoal.tasks import Job, TaskSpec, call
 from shoal.worker import metrics
 from shoal.worker.config import WorkerConfig
+from shoal.worker.deadlines import Deadlines
 from shoal.worker.keeper import Keeper
 from shoal.worker.outcome import Outcome, TracedJob, failure_outcome
 from shoal.worker.state import WAKE_AHEAD, Shared
@@ -40,8 +41,8 @@ class TaskInfo:
     timeout: float | None
     ran: metrics.HistogramChild  # handler run time
     waited: metrics.HistogramChild  # queue wait
-    # The coroutine function of an async task without a timeout (the executor awaits it
-    # directly, see Executor.runner); None: run through Executor._run_one.
+    # The coroutine function of an async task (the runner awaits it directly, its timeout kept by
+    # deadlines.py); None (a sync handler, or none): run through Executor._run_one.
     plain: Any = None
 
 
@@ -61,7 +62,7 @@ class TaskTable:
             if spec is not None:  # labelled by its name; any other name is metrics.UNREGISTERED_TASK
                 metrics.register_task(task)
             timeout = None if spec is None else spec.timeout if spec.timeout is not None else cfg.job_timeout
-            plain = spec.fn if spec is not None and spec.is_async and timeout is None and not spec.batch else None
+            plain = spec.fn if spec is not None and spec.is_async and not spec.batch else None
             info = TaskInfo(spec, timeout, metrics.JOB_DURATION.labels(cfg.queue, task),
                             metrics.QUEUE_WAIT.labels(cfg.queue, task), plain)
             if spec is not None:
@@ -83,6 +84,7 @@ class Executor:
         self.busy = 0  # runners executing a job or a batch
         self.avg_duration = 1.0  # moving average of handler run time; assume slow until measured
         # Per-job lookups, bound once: the tables are only ever changed in place.
+        self.deadlines = Deadlines(asyncio.get_running_loop())  # job timeouts
         self._task_info = tasks.get
         self._known = tasks.known
         self._cancelling = shared.cancelling
@@ -101,7 +103,7 @@ class Executor:
         buffer, idle, start_by = jb.items, jb.idle, jb.start_by
         executing, slot_freed, stopping = shared.executing, shared.slot_freed, shared.stopping
         known, task_info, batch_of, lost, put = self._known, self._task_info, self._batch_of, self._lost, self._put
-        sink = shared.sink
+        sink, deadlines = shared.sink, self.deadlines
         doubt_after = keeper.doubt_after
         perf_counter, monotonic = time.perf_counter, time.monotonic
         streak = 0
@@ -141,16 +143,23 @@ class Executor:
             executing[job.id] = me
             started = perf_counter()
             try:
-                if fn is not None and type(job) is Job:  # no timeout, no span: the common case
+                if fn is not None and type(job) is Job:  # async, no span: the common case
+                    deadline = None if info.timeout is None else deadlines.start(info.timeout, me)
                     try:
                         await fn(job)
                         outcome = Outcome(job, "ok")
-                    except asyncio.CancelledError:
-                        if not self._was_cancelled((job,)):
+                    except asyncio.CancelledError as exc:
+                        if deadline is not None and deadlines.timed_out(deadline):
+                            outcome = self.failure(job, timeout_error(exc))
+                        elif not self._was_cancelled((job,)):
                             raise  # shutdown past the drain timeout: the job is released, not failed
-                        outcome = Outcome(job, "cancel", "cancelled while running")
+                        else:
+                            outcome = Outcome(job, "cancel", "cancelled while running")
                     except Exception as exc:
                         outcome = self.failure(job, exc)
+                    finally:
+                        if deadline is not None:
+                            deadlines.finish(deadline)
                 else:
                     outcome = await self._run_one(job, info)
             finally:
@@ -232,9 +241,8 @@ class Executor:
         return True
 
     async def _run_one(self, job: Job, info: TaskInfo) -> Outcome:
-        """Run one job the runner does not run inline: with a timeout, a span (a traced job), in
-        a thread (a sync handler), or none (no handler). CancelledError: shutdown, the job is
-        released."""
+        """Run one job the runner does not run inline: with a span (a traced job), in a thread
+        (a sync handler), or none (no handler). CancelledError: shutdown, the job is released."""
         spec = info.spec
         span = (tracing.start_job(job.trace_context, job.queue, job.task, job.id, job.attempt)
                 if type(job) is TracedJob else None)
@@ -296,3 +304,12 @@ class Executor:
         self.shared.runs += len(jobs)
         self.shared.busy_seconds += elapsed * len(jobs)  # each item took the call's time
         self._put(outcomes)
+
+
+def timeout_error(cancelled: asyncio.CancelledError) -> TimeoutError:
+    """The TimeoutError of a job cancelled at its deadline, caused by that cancellation (whose
+    traceback shows where the job was stuck), as asyncio.timeout raises it."""
+    try:
+        raise TimeoutError from cancelled
+    except TimeoutError as exc:
+        return exc
