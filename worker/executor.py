@@ -8,7 +8,9 @@ rate-limited jobs that missed their start window.
 Touches: takes from the job buffer (and its `start_by`), puts into the outcome sink (straight
 into the job's open held batch when there is one), `Shared.executing`; reads `cancelling`;
 removes the late jobs it gives back from `claimed`; counts `Shared.runs` and `busy_seconds`
-(the keeper's beat reports them). Owns `busy` and `avg_duration`, which the claimer reads. A job enqueued with a trace context runs in a span that continues it (shoal.tracing).
+(the keeper's beat reports them). Owns `busy` and `avg_duration`, which the claimer reads, and
+the running jobs' deadlines (deadlines.py: one timer for all, not one per job). A job enqueued
+with a trace context runs in a span that continues it (shoal.tracing).
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ class Executor:
         self.keeper = keeper
         self.busy = 0  # runners executing a job or a batch
         self.avg_duration = 1.0  # moving average of handler run time; assume slow until measured
+        self.deadlines = Deadlines(asyncio.get_running_loop())  # the timeouts of the jobs run inline
         # Per-job lookups, bound once: the tables are only ever changed in place.
-        self.deadlines = Deadlines(asyncio.get_running_loop())  # job timeouts
         self._task_info = tasks.get
         self._known = tasks.known
         self._cancelling = shared.cancelling
