@@ -240,9 +240,10 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     from shoal.tasks import load_modules
-    from shoal.worker.runner import WorkerConfig, run_worker
+    from shoal.worker.runner import WorkerConfig, run_worker, tune_gc
 
     load_modules(args.tasks)
+    tune_gc()  # this process is only a worker
     config = WorkerConfig(
         database_url=_db(args), queue=args.queue, concurrency=args.concurrency, poll_interval=args.poll_interval,
         heartbeat_interval=args.heartbeat_interval, stale_after=args.stale_after, drain_timeout=args.drain_timeout,

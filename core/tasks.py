@@ -16,7 +16,7 @@ import importlib
 import inspect
 import json
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic
@@ -71,7 +71,9 @@ class Job(Generic[P]):
         self.scheduled = scheduled  # run_at as epoch seconds: a float decodes far faster than a datetime
         self._raw = raw_payload
         self._payload: Any = _UNSET
-        self.followups: list[NewJob] = []
+        # A list only once `enqueue` adds one: a list per job was one more object for the cyclic
+        # GC to track while thousands of claimed jobs wait in a fast worker.
+        self.followups: Sequence[NewJob] = ()
 
     @property
     def scheduled_at(self) -> datetime | None:
@@ -90,7 +92,11 @@ class Job(Generic[P]):
         names.queue_name(queue)
         names.task_name(task)
         encode_payload(payload)
-        self.followups.append(NewJob(queue, task, payload, priority, run_at, delay, max_attempts, unique_key))
+        new = NewJob(queue, task, payload, priority, run_at, delay, max_attempts, unique_key)
+        if isinstance(self.followups, list):
+            self.followups.append(new)
+        else:
+            self.followups = [new]
 
     def __repr__(self) -> str:
         return f"Job(id={self.id}, queue={self.queue!r}, task={self.task!r}, attempt={self.attempt})"

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from bisect import bisect_left
+from typing import Any, cast
 
 import asyncpg
 
@@ -152,13 +153,19 @@ class Claimer:
             finally:
                 shared.claims_in_flight -= 1
                 self.claiming -= free
-            if rows and rows[0]["id"] is None:
-                await self._throttled(rows[0]["task"], rows[0]["run_at"])
-            elif rows:
+            throttled = rows[0] if rows and rows[0]["id"] is None else None
+            got = len(rows)
+            if got and throttled is None:
                 self._accept(rows, batch)
                 if start_within:
                     # The claim logged these starts at the end of this window: keep that promise.
                     shared.buffer.start_by.update(dict.fromkeys((r[0] for r in rows), sent + start_within))
+            # Not kept across the awaits below: a claim's rows are as many objects for the
+            # cyclic GC to walk (and promote) while they stay referenced.
+            del rows, batch
+            if throttled is not None:
+                await self._throttled(throttled["task"], throttled["run_at"])
+            elif got:
                 if self._backlog and self._waiting is not False:
                     try:  # a backlog to work through: enqueues need not notify this worker
                         await self._say_waiting(False)
@@ -222,29 +229,39 @@ class Claimer:
             await shared.sleep(cfg.poll_interval, shared.wake)
 
     def _accept(self, rows: list[Any], batch: HeldBatch | None = None) -> None:
-        # The hot path of a fast queue: columns by position, per-task lookups once per claim.
+        # The hot path of a fast queue: columns by position, a task's lookups once per claim (and
+        # its state looked up again only when the task changes from one row to the next: a
+        # claim is mostly of one task), the queue-wait histogram's observe inline.
         shared, jb = self.shared, self.shared.buffer
         queue = shared.queue
         now = time.time()
         claimed, buffer, task_info = shared.claimed, jb.items, self._task_info
-        counts: dict[str, int] = {}
         batches: dict[str, list[Job]] = {}
-        per_task: dict[str, tuple[bool, Any]] = {}  # task -> (batch task?, queue-wait histogram)
+        per_task: dict[str, list[Any]] = {}  # task -> [jobs, batch task?, queue-wait histogram]
+        last: str | None = None
+        state: list[Any] = []
+        is_batch, waited = False, cast(metrics.HistogramChild, None)
         for r in rows:
             task = r[1]
+            if task != last:
+                known = per_task.get(task)
+                if known is None:
+                    info = task_info(task)
+                    known = per_task[task] = [0, info.spec is not None and info.spec.batch, info.waited]
+                state = known
+                last, is_batch, waited = task, state[1], state[2]
+            state[0] += 1
             trace_context = r[6]  # the producer's trace, if it had one (sql/009_trace_context.sql)
             job = (Job(r[0], queue, task, r[2], r[3], r[4], r[5]) if trace_context is None
                    else TracedJob(r[0], queue, task, r[2], r[3], r[4], r[5], trace_context))
-            claimed[job.id] = job
-            known = per_task.get(task)
-            if known is None:
-                info = task_info(task)
-                known = per_task[task] = (info.spec is not None and info.spec.batch, info.waited)
-                counts[task] = 0
-            counts[task] += 1
+            claimed[r[0]] = job
             wait = now - r[5]
-            known[1].observe(wait if wait > 0.0 else 0.0)
-            if known[0]:
+            if wait > 0.0:
+                waited.counts[bisect_left(waited.bounds, wait)] += 1
+                waited.sum += wait
+            else:
+                waited.counts[0] += 1
+            if is_batch:
                 batches.setdefault(task, []).append(job)
             else:
                 buffer.append(job)
@@ -254,7 +271,7 @@ class Claimer:
             size = self.config.registry.tasks[name].batch_size
             buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
         jb.count += len(rows)
-        for task, n in counts.items():
+        for task, (n, _, _) in per_task.items():
             metrics.JOBS_CLAIMED.labels(queue, task).inc(n)
         metrics.IN_FLIGHT.labels(queue).set(len(claimed))
         metrics.CLAIMS.labels(queue, "leased" if batch is None else "held").inc()

@@ -20,10 +20,10 @@ import asyncpg
 
 from shoal import queries
 from shoal.backoff import LoopBackoff
-from shoal.client import NewJob, enqueue_many
+from shoal.client import enqueue_many
 from shoal.errors import ShoalError
 from shoal.worker import metrics
-from shoal.worker.outcome import Outcome, failure_outcome, outcome_columns
+from shoal.worker.outcome import Outcome, failure_outcome, has_followups, outcome_columns
 from shoal.worker.state import Shared
 
 log = logging.getLogger("shoal.worker")
@@ -80,7 +80,7 @@ class Completer:
         await asyncio.gather(task, return_exceptions=True)
 
     async def record(self, batch: list[Outcome]) -> None:
-        if any(o.kind == "ok" and o.job.followups for o in batch):
+        if has_followups(batch):
             async with self.pool.acquire() as conn:
                 try:
                     async with conn.transaction():
@@ -115,9 +115,8 @@ class Completer:
         transaction when there are any)."""
         await db.execute(queries.RECORD_TRACED, self.config.worker_id, self.config.queue,
                          *outcome_columns(batch))
-        followups: list[NewJob] = [f for o in batch if o.kind == "ok" for f in o.job.followups]
-        if followups:
-            await enqueue_many(db, followups)
+        if has_followups(batch):
+            await enqueue_many(db, [f for o in batch if o.kind == "ok" for f in o.job.followups])
 
     async def record_orphans(self) -> None:
         """Record the outcomes of held batches lost with their connection (sql/008_resilience.sql):
@@ -142,24 +141,22 @@ class Completer:
         """After a write (here or by a held batch's commit): forget the recorded jobs, count
         them, log the failures, and free their slots."""
         queue = self.config.queue
+        succeeded: dict[str, int] = {}  # task -> count: the common case, one key per task
         counts: dict[tuple[Any, str], int] = {}
-        claimed, cancelling = self.shared.claimed, self.shared.cancelling
+        claimed_pop, cancelling = self.shared.claimed.pop, self.shared.cancelling
         for o in batch:
-            if o.kind == "ok":  # the common case first
-                key = (metrics.JOBS_SUCCEEDED, o.job.task)
-                counts[key] = counts.get(key, 0) + 1
-                claimed.pop(o.job.id, None)
-                if cancelling:
-                    cancelling.discard(o.job.id)
+            job = o.job
+            claimed_pop(job.id, None)
+            if o.kind == "ok":
+                task = job.task
+                succeeded[task] = succeeded.get(task, 0) + 1
                 continue
             kind = "failed" if o.final_failure else ("retried" if o.kind == "fail" else o.kind)
             key = (metrics.JOBS_FAILED if kind == "failed" else metrics.JOBS_RETRIED if kind == "retried"
-                   else metrics.JOBS_CANCELLED, o.job.task)
+                   else metrics.JOBS_CANCELLED, job.task)
             counts[key] = counts.get(key, 0) + 1
-            claimed.pop(o.job.id, None)
-            cancelling.discard(o.job.id)
             if o.kind == "fail":
-                fields: dict[str, Any] = {"job_id": o.job.id, "task": o.job.task, "attempt": o.job.attempt,
+                fields: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
                                           "error": o.error}
                 if kind == "failed":  # no retry_in: a final failure has no next attempt to wait for
                     log.warning("job failed", extra=fields)
@@ -167,6 +164,11 @@ class Completer:
                     log.warning("job failed, will retry", extra={**fields, "retry_in": o.delay})
                 if o.traceback is not None:  # also kept in shoal.job_errors: `shoal jobs show ID`
                     log.debug("traceback of the failed attempt", extra={**fields, "traceback": o.traceback})
+        if cancelling:
+            for o in batch:
+                cancelling.discard(o.job.id)
+        for task, n in succeeded.items():
+            metrics.JOBS_SUCCEEDED.labels(queue, task).inc(n)
         for (counter, task), n in counts.items():
             counter.labels(queue, task).inc(n)
         self.shared.count_in_flight()

@@ -8,7 +8,9 @@ rate-limited jobs that missed their start window.
 Touches: takes from the job buffer (and its `start_by`), puts into the outcome sink (straight
 into the job's open held batch when there is one), `Shared.executing`; reads `cancelling`;
 removes the late jobs it gives back from `claimed`; counts `Shared.runs` and `busy_seconds`
-(the keeper's beat reports them). Owns `busy` and `avg_duration`, which the claimer reads. A job enqueued with a trace context runs in a span that continues it (shoal.tracing).
+(the keeper's beat reports them). Owns `busy` and `avg_duration`, which the claimer reads, and
+the running jobs' deadlines (deadlines.py: one timer for all, not one per job). A job enqueued
+with a trace context runs in a span that continues it (shoal.tracing).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ from shoal import queries, tracing
 from shoal.tasks import Job, TaskSpec, call
 from shoal.worker import metrics
 from shoal.worker.config import WorkerConfig
+from shoal.worker.deadlines import Deadlines
 from shoal.worker.keeper import Keeper
 from shoal.worker.outcome import Outcome, TracedJob, failure_outcome
 from shoal.worker.state import WAKE_AHEAD, Shared
@@ -37,8 +41,11 @@ log = logging.getLogger("shoal.worker")
 class TaskInfo:
     spec: TaskSpec | None  # None: no handler registered under that name
     timeout: float | None
-    ran: Any  # handler duration histogram child
-    waited: Any  # queue wait histogram child
+    ran: metrics.HistogramChild  # handler run time
+    waited: metrics.HistogramChild  # queue wait
+    # The coroutine function of an async task (the runner awaits it directly, its timeout kept by
+    # deadlines.py); None (a sync handler, or none): run through Executor._run_one.
+    plain: Any = None
 
 
 class TaskTable:
@@ -57,11 +64,17 @@ class TaskTable:
             if spec is not None:  # labelled by its name; any other name is metrics.UNREGISTERED_TASK
                 metrics.register_task(task)
             timeout = None if spec is None else spec.timeout if spec.timeout is not None else cfg.job_timeout
+            plain = spec.fn if spec is not None and spec.is_async and not spec.batch else None
             info = TaskInfo(spec, timeout, metrics.JOB_DURATION.labels(cfg.queue, task),
-                            metrics.QUEUE_WAIT.labels(cfg.queue, task))
+                            metrics.QUEUE_WAIT.labels(cfg.queue, task), plain)
             if spec is not None:
                 self._known[task] = info
         return info
+
+    @property
+    def known(self) -> dict[str, TaskInfo]:
+        """The tasks looked up so far that have a handler (changed in place only)."""
+        return self._known
 
 
 class Executor:
@@ -72,22 +85,29 @@ class Executor:
         self.keeper = keeper
         self.busy = 0  # runners executing a job or a batch
         self.avg_duration = 1.0  # moving average of handler run time; assume slow until measured
+        self.deadlines = Deadlines(asyncio.get_running_loop())  # the timeouts of the jobs run inline
         # Per-job lookups, bound once: the tables are only ever changed in place.
         self._task_info = tasks.get
+        self._known = tasks.known
         self._cancelling = shared.cancelling
         self._batch_of = shared.sink.batch_of
         self._lost = shared.sink.lost
         self._put = shared.sink.put
 
     async def runner(self) -> None:
-        """One of `concurrency` long-lived coroutines: cheaper than a task per job."""
+        """One of `concurrency` long-lived coroutines: cheaper than a task per job. A job runs
+        inline here, its handler awaited without a coroutine of ours around it: at tens of
+        thousands of no-op jobs a second, every call per job shows in the worker's CPU."""
         me = asyncio.current_task()
         assert me is not None
         loop = asyncio.get_running_loop()
         shared, keeper, jb = self.shared, self.keeper, self.shared.buffer
         buffer, idle, start_by = jb.items, jb.idle, jb.start_by
         executing, slot_freed, stopping = shared.executing, shared.slot_freed, shared.stopping
+        known, task_info, batch_of, lost, put = self._known, self._task_info, self._batch_of, self._lost, self._put
+        sink, deadlines = shared.sink, self.deadlines
         doubt_after = keeper.doubt_after
+        perf_counter, monotonic = time.perf_counter, time.monotonic
         streak = 0
         while True:
             streak += 1
@@ -107,26 +127,84 @@ class Executor:
                 finally:
                     if parked.done() and not parked.cancelled():
                         jb.waking -= 1
-            if time.monotonic() - keeper.beat_ok_at > doubt_after:
+            if monotonic() - keeper.beat_ok_at > doubt_after:
                 await keeper.confirm_leases()
                 continue
-            item = buffer.popleft()
+            job = buffer.popleft()
             if buffer and idle and jb.waking < WAKE_AHEAD:
                 jb.wake_runners(1)  # more work: pass it on before this job may block
-            jobs = item if isinstance(item, list) else (item,)
-            jb.count -= len(jobs)
-            if start_by and await self._released_late(jobs):
+            if isinstance(job, list):
+                await self._start_batch(job, me)
                 continue
+            jb.count -= 1
+            if start_by and await self._released_late((job,)):
+                continue
+            info = known.get(job.task) or task_info(job.task)
+            fn = info.plain
             self.busy += 1
-            for job in jobs:
-                executing[job.id] = me
+            executing[job.id] = me
+            started = perf_counter()
             try:
-                await (self._run_batch(item) if isinstance(item, list) else self._run_one(item))
+                if fn is not None and type(job) is Job:  # async, no span: the common case
+                    deadline = None if info.timeout is None else deadlines.start(info.timeout, me)
+                    try:
+                        await fn(job)
+                        outcome = Outcome(job, "ok")
+                    except asyncio.CancelledError as exc:
+                        if deadline is not None and deadlines.timed_out(deadline):
+                            outcome = self.failure(job, timeout_error(exc))
+                        elif not self._was_cancelled((job,)):
+                            raise  # shutdown past the drain timeout: the job is released, not failed
+                        else:
+                            outcome = Outcome(job, "cancel", "cancelled while running")
+                    except Exception as exc:
+                        outcome = self.failure(job, exc)
+                    finally:
+                        if deadline is not None:
+                            deadlines.finish(deadline)
+                else:
+                    outcome = await self._run_one(job, info)
             finally:
-                for job in jobs:
-                    executing.pop(job.id, None)
+                executing.pop(job.id, None)
                 self.busy -= 1
                 slot_freed.set()
+            elapsed = perf_counter() - started
+            self.avg_duration += (elapsed - self.avg_duration) * 0.02
+            ran = info.ran  # its observe(elapsed), inline
+            ran.counts[bisect_left(ran.bounds, elapsed)] += 1
+            ran.sum += elapsed
+            shared.runs += 1
+            shared.busy_seconds += elapsed
+            batch = batch_of.get(job.id)
+            if lost:  # held batches were lost with their connection: the sink sorts it out
+                put((outcome,))
+            elif batch is not None:
+                batch.add(outcome)  # the common case of a fast queue, without the sink's loop
+            else:
+                if not sink.leased:  # sink.put's leased case, inline (see OutcomeSink.ready)
+                    sink.ready.set()
+                sink.leased.append(outcome)
+            # A parked runner must not keep its last batch alive: a committed held batch holds
+            # every job and outcome of its claim (with 500 runners: most of 100k objects the
+            # cyclic GC kept walking).
+            del batch, outcome
+
+    async def _start_batch(self, jobs: list[Job], me: asyncio.Task[None]) -> None:
+        """Run one call of a batch task (the runner's bookkeeping around `_run_batch`)."""
+        self.shared.buffer.count -= len(jobs)
+        if self.shared.buffer.start_by and await self._released_late(jobs):
+            return
+        executing = self.shared.executing
+        self.busy += 1
+        for job in jobs:
+            executing[job.id] = me
+        try:
+            await self._run_batch(jobs)
+        finally:
+            for job in jobs:
+                executing.pop(job.id, None)
+            self.busy -= 1
+            self.shared.slot_freed.set()
 
     async def _released_late(self, jobs: Sequence[Job]) -> bool:
         """Give back rate-limited jobs that could not start within their claim's window (the
@@ -155,7 +233,7 @@ class Executor:
         return failure_outcome(job, exc, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.shared.rng,
                                timeout=timeout)
 
-    def _was_cancelled(self, jobs: list[Job]) -> bool:
+    def _was_cancelled(self, jobs: Sequence[Job]) -> bool:
         """A CancelledError meant for this job (not a shutdown): keep the runner alive."""
         if not any(j.id in self._cancelling for j in jobs):
             return False
@@ -164,14 +242,14 @@ class Executor:
             task.uncancel()
         return True
 
-    async def _run_one(self, job: Job) -> None:
-        info = self._task_info(job.task)
+    async def _run_one(self, job: Job, info: TaskInfo) -> Outcome:
+        """Run one job the runner does not run inline: with a span (a traced job), in a thread
+        (a sync handler), or none (no handler). CancelledError: shutdown, the job is released."""
         spec = info.spec
         span = (tracing.start_job(job.trace_context, job.queue, job.task, job.id, job.attempt)
                 if type(job) is TracedJob else None)
         outcome: Outcome | None = None
         error: BaseException | None = None
-        started = time.perf_counter()
         try:
             if spec is None:
                 known = ", ".join(sorted(self.config.registry.tasks)) or "none"
@@ -180,13 +258,13 @@ class Executor:
                                   "passed to --tasks", None)
             else:
                 if info.timeout is None:
-                    await (spec.fn(job) if spec.is_async else call(spec, job))
+                    await call(spec, job)
                 else:
                     async with asyncio.timeout(info.timeout):
                         await call(spec, job)
                 outcome = Outcome(job, "ok")
         except asyncio.CancelledError:
-            if not self._was_cancelled([job]):
+            if not self._was_cancelled((job,)):
                 raise  # shutdown past the drain timeout: the job is released, not failed
             outcome = Outcome(job, "cancel", "cancelled while running")
         except Exception as exc:
@@ -195,17 +273,7 @@ class Executor:
         finally:
             if span is not None:  # outcome None: released at shutdown
                 tracing.end_job(span, outcome, error)
-        elapsed = time.perf_counter() - started
-        self.avg_duration += (elapsed - self.avg_duration) * 0.02
-        info.ran.observe(elapsed)
-        shared = self.shared
-        shared.runs += 1
-        shared.busy_seconds += elapsed
-        batch = self._batch_of.get(job.id)
-        if batch is not None and not self._lost:
-            batch.add(outcome)  # the common case of a fast queue, without the sink's loop
-        else:
-            self._put((outcome,))
+        return outcome
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         spec = self.config.registry.tasks[jobs[0].task]
@@ -238,3 +306,12 @@ class Executor:
         self.shared.runs += len(jobs)
         self.shared.busy_seconds += elapsed * len(jobs)  # each item took the call's time
         self._put(outcomes)
+
+
+def timeout_error(cancelled: asyncio.CancelledError) -> TimeoutError:
+    """The TimeoutError of a job cancelled at its deadline, caused by that cancellation (whose
+    traceback shows where the job was stuck), as asyncio.timeout raises it."""
+    try:
+        raise TimeoutError from cancelled
+    except TimeoutError as exc:
+        return exc

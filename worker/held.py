@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shoal.worker.outcome import Outcome
+from shoal.worker.outcome import Outcome, has_followups
 
 # How long a held transaction may stay open before its unfinished jobs become leases.
 HOLD_BUDGET = 1.0
@@ -36,13 +36,17 @@ class HeldBatch:
     late: list[Outcome] = field(default_factory=list)  # arrived while the batch was being closed
     closing: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    size: int = field(init=False)  # len(ids)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.ids)
 
     def add(self, outcome: Outcome) -> None:
         if self.closing:
             self.late.append(outcome)
             return
         self.outcomes[outcome.job.id] = outcome
-        if len(self.outcomes) == len(self.ids):
+        if len(self.outcomes) == self.size:
             self.done.set()
 
 
@@ -66,15 +70,19 @@ def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> CloseP
     """
     record: list[Outcome] = []
     relay: list[Outcome] = []
-    for outcome in batch.outcomes.values():
-        (relay if outcome.kind == "ok" and outcome.job.followups else record).append(outcome)
+    if has_followups(batch.outcomes.values()):
+        for outcome in batch.outcomes.values():
+            (relay if outcome.kind == "ok" and outcome.job.followups else record).append(outcome)
+    else:  # the common case: no pass in Python
+        record = list(batch.outcomes.values())
     lease_ids: list[int] = [o.job.id for o in relay]
     released: list[int] = []
-    for job_id in batch.ids:
-        if job_id in batch.outcomes:
-            continue
-        if stopping and job_id not in started:
-            released.append(job_id)
-        else:
-            lease_ids.append(job_id)
+    if len(batch.outcomes) < len(batch.ids):  # else every job has its outcome (the common case)
+        for job_id in batch.ids:
+            if job_id in batch.outcomes:
+                continue
+            if stopping and job_id not in started:
+                released.append(job_id)
+            else:
+                lease_ids.append(job_id)
     return ClosePlan(lease_ids, record, relay, released)

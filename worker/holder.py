@@ -56,7 +56,7 @@ class Holder:
                     return None, None
                 return [], None
             self._seq += 1
-            ids = [r["id"] for r in rows]
+            ids = [r[0] for r in rows]  # id: by position, faster than by name
             batch = HeldBatch(self._seq, conn, transaction, datetime.now(UTC), ids)
             died = [r[0] for r in await self.pool.fetch(queries.HOLD_BATCH, cfg.worker_id, batch.no,
                                                         rows[0]["xact"], ids)]
@@ -102,7 +102,9 @@ class Holder:
         job of the batch is ready again in the database, so we forget them all."""
         shared, sink, cfg = self.shared, self.shared.sink, self.config
         batch.closing = True
-        started = {job_id for job_id in batch.ids if job_id in shared.executing}
+        # Running now (a job with an outcome is not: its runner is done with it).
+        started = ({job_id for job_id in batch.ids if job_id in shared.executing}
+                   if len(batch.outcomes) < len(batch.ids) else set())
         plan = close_plan(batch, stopping=shared.stopping.is_set(), started=started)
         record = plan.record
         try:

@@ -64,7 +64,9 @@ JOBS_CANCELLED = TaskCounter("shoal_jobs_cancelled", "Running jobs cancelled on 
                              registry=REGISTRY)
 
 
-class _HistogramChild:
+class HistogramChild:
+    """One labelled series. The hot paths (executor, claimer) inline `observe`: one call less per job."""
+
     __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
@@ -91,15 +93,15 @@ class EventLoopHistogram(Collector):
         self._labelnames = labelnames
         self.documentation = documentation
         self.bounds = tuple(float(b) for b in buckets)
-        self.children: dict[tuple[str, ...], _HistogramChild] = {}
+        self.children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> _HistogramChild:
+    def labels(self, *values: str) -> HistogramChild:
         if self._labelnames == _LABELS:
             values = (values[0], task_label(values[1]))
         child = self.children.get(values)
         if child is None:
-            child = self.children[values] = _HistogramChild(self.bounds)
+            child = self.children[values] = HistogramChild(self.bounds)
         return child
 
     def describe(self) -> list[HistogramMetricFamily]:

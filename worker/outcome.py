@@ -7,7 +7,9 @@ importing one another.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TypeAlias
 
 from shoal import failures
@@ -62,8 +64,19 @@ def outcome_columns(outcomes: list[Outcome]) -> tuple[list[int], list[int], list
                                                       list[float | None], list[int], list[str | None]]:
     """Outcomes as shoal.record's arrays: ok ids, failed ids with their errors and retry delays,
     cancelled ids, then the failures' tracebacks (last: the argument sql/006 added). The leased
-    and the held path write the same columns."""
+    and the held path write the same columns. All successes (the common case): one pass."""
+    ok = [o.job.id for o in outcomes if o.kind == "ok"]
+    if len(ok) == len(outcomes):
+        return ok, [], [], [], [], []
     fails = [o for o in outcomes if o.kind == "fail"]
-    return ([o.job.id for o in outcomes if o.kind == "ok"], [o.job.id for o in fails], [o.error for o in fails],
-            [o.delay for o in fails], [o.job.id for o in outcomes if o.kind == "cancel"],
-            [o.traceback for o in fails])
+    return (ok, [o.job.id for o in fails], [o.error for o in fails], [o.delay for o in fails],
+            [o.job.id for o in outcomes if o.kind == "cancel"], [o.traceback for o in fails])
+
+
+_followups = attrgetter("job.followups")
+
+
+def has_followups(outcomes: Iterable[Outcome]) -> bool:
+    """Does a success among `outcomes` carry follow-up jobs? (Their write is another path.) A
+    job has none unless its handler enqueued some: looked at in C first, one pass per write."""
+    return any(map(_followups, outcomes)) and any(o.kind == "ok" and o.job.followups for o in outcomes)

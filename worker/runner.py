@@ -22,6 +22,7 @@ memory until written, so a database restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -41,13 +42,15 @@ from shoal.worker.holder import Holder, prepare_statements
 from shoal.worker.keeper import Keeper
 from shoal.worker.state import Shared
 
-__all__ = ["Worker", "WorkerConfig", "default_worker_id", "run_worker", "session_settings"]
+__all__ = ["Worker", "WorkerConfig", "default_worker_id", "run_worker", "session_settings", "tune_gc"]
 
 log = logging.getLogger("shoal.worker")
 assert builtin_tasks  # registered on import
 
 # Errors that retrying cannot mend: say so and stop, instead of retrying forever at warning level.
 _REFUSED = (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)
+# Allocations (net of frees) between two young-generation collections of the cyclic GC; see tune_gc.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass(frozen=True)
@@ -215,3 +218,20 @@ async def run_worker(config: WorkerConfig, *, install_signals: bool = True) -> N
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)
     await worker.run()
+
+
+def tune_gc() -> None:
+    """Tune the cyclic GC for a process that is only a worker (`shoal worker`), once its task
+    modules are loaded. A fast worker holds thousands of claimed jobs, each a few tracked
+    objects, and a claim adds them in bursts: at the default threshold (700) the collector ran
+    several times per claim, walking and promoting jobs that were about to be freed by
+    reference counting anyway, and a full collection walked every object the imports made:
+    0.4 to 0.7 us of CPU per no-op job. Frozen, those objects are never walked again; the
+    worker's own garbage is acyclic, and what cycles there are (exceptions with tracebacks)
+    are collected all the same, a little later. Not done by `Worker`: an application that runs
+    one in its own process keeps its GC settings."""
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    if young:  # 0: the application disabled automatic collection
+        gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)

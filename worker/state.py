@@ -89,7 +89,10 @@ class OutcomeSink:
 
     def __init__(self) -> None:
         self.leased: list[Outcome] = []  # outcomes of leased jobs, for the completer's next write
-        self.ready = asyncio.Event()  # the completer has something to write
+        # The completer has something to write. Set whenever `leased` is not empty (the completer
+        # clears it as it takes the list), except while the completer backs off after a failed
+        # write, which sets it again: an outcome added to a non-empty list need not set it.
+        self.ready = asyncio.Event()
         self.batch_of: dict[int, HeldBatch] = {}  # job id -> its open held batch
         self.lost: dict[int, Job] = {}  # running jobs of held batches lost with their connection
         self.orphaned: list[Outcome] = []  # outcomes of held batches lost with their connection

@@ -3,7 +3,7 @@
 Batch enqueue: `shoal.client.enqueue_many(conn, [NewJob(...)])`, 5,000 jobs per call like
 every peer (one call per chunk). Worker: one in-process `shoal.worker.runner.Worker`
 with the defaults a production worker has — heartbeats, rescue, pruning, retries (max 5
-attempts, backoff) and Prometheus metrics all on; only the concurrency is chosen for
+attempts, backoff) and Prometheus metrics all on, the GC tuned as `shoal worker` tunes it; only the concurrency is chosen for
 no-op jobs (`BENCH_SHOAL_CONCURRENCY`, default below). The queue keeps Shoal's default
 retention (succeeded jobs are deleted on completion), so "unfinished" is pending + running.
 
@@ -27,7 +27,7 @@ from shoal.client import NewJob, enqueue, enqueue_many
 from shoal.migrate import migrate
 from shoal.queues import declare_queue
 from shoal.tasks import TaskRegistry
-from shoal.worker.runner import Worker, WorkerConfig
+from shoal.worker.runner import Worker, WorkerConfig, tune_gc
 
 QUEUE = "bench"
 TASK = "bench.noop"
@@ -86,6 +86,7 @@ async def enqueue_jobs(url: str, jobs: int) -> None:
 async def worker(url: str, latency: bool) -> None:
     global LATENCY
     LATENCY = latency
+    tune_gc()  # this process is only a worker, as under `shoal worker`
     w = Worker(WorkerConfig(database_url=url, queue=QUEUE, concurrency=CONCURRENCY, registry=registry))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
