@@ -6,9 +6,10 @@ connection of their own, for `--seconds` after a warm-up. The producers are asyn
 with `--child`), so that one Python process's CPU does not cap the rate. Systems, alternating
 round by round on one server (durable settings: every call commits and waits for its WAL flush):
 
-- **shoal**: `shoal.enqueue(conn, queue, task, payload)` (asyncpg; one call to the SQL function
-  shoal.enqueue_many, which checks the job and the queue and inserts; no worker waits for jobs,
-  so only the round's first job sends a `pg_notify`, sql/011_wake_gate.sql);
+- **shoal**: `shoal.enqueue(conn, queue, task, payload)` (asyncpg; the job checked in Python, then
+  one statement, queries.ENQUEUE_ONE, sql/012_enqueue_one.sql: the queue's default, the wake lock
+  and test, the INSERT; no worker waits for jobs, so only the round's first job sends a
+  `pg_notify`, sql/011_wake_gate.sql);
 - **shoal+waiting**: the same with a worker of the queue waiting for jobs (a `shoal.workers` row
   with `waiting` true, as an idle worker leaves): every enqueue sends a `pg_notify`;
 - **bare**: `INSERT INTO bare_enqueue (queue, task, payload, max_attempts) VALUES ($1, $2, $3, $4)
