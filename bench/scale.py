@@ -6,7 +6,7 @@ run by hand (so a figure here is the one the script gives alone), reads the JSON
 it (pure functions, tested in tests/delivery/test_scale_bench.py), and writes bench/results/scale.json
 and the generated section "Issue 18 in one run" of docs/benchmarks.md.
 
-    .venv/bin/python bench/scale.py               # every item, ~30 min on 2 cores
+    .venv/bin/python bench/scale.py               # every item, ~15 min on 2 cores
     .venv/bin/python bench/scale.py --quick       # smoke test: small runs, results in a temp dir, no docs
     .venv/bin/python bench/scale.py --only 2,3    # re-run items 2 and 3; the others from their stored results
 
