@@ -13,11 +13,14 @@
 -- VOLATILE function, which takes a fresh snapshot for each of its queries.
 
 -- The caller holds p_queue's wake lock (shared): notify the queue if one of its workers waits
--- for jobs or it has no pending job. True if it notified.
+-- for jobs or it has no pending job. True if it notified. In a REPEATABLE READ or SERIALIZABLE
+-- transaction every query reads the transaction's snapshot, taken at its first statement, perhaps
+-- long before the lock: such an enqueue always notifies.
 CREATE FUNCTION shoal.wake_locked(p_queue text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    IF EXISTS (SELECT FROM shoal.workers w WHERE w.queue = p_queue AND w.waiting IS NOT FALSE)
+    IF current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM shoal.workers w WHERE w.queue = p_queue AND w.waiting IS NOT FALSE)
        OR NOT EXISTS (SELECT FROM shoal.jobs j WHERE j.queue = p_queue AND j.state = 'pending') THEN
         PERFORM pg_notify('shoal_jobs', p_queue);
         RETURN true;

@@ -107,6 +107,26 @@ async def test_a_producer_reads_waiting_after_its_lock_not_at_its_statement_star
             await c.close()
 
 
+async def test_an_enqueue_in_a_repeatable_read_transaction_always_notifies(
+        db_url: str, conn: asyncpg.Connection) -> None:
+    """Its snapshot dates from the transaction's first statement, perhaps from before a worker
+    said it waits: the wake test cannot trust it."""
+    await queues.declare_queue(conn, "rr")
+    await client.enqueue(conn, "rr", "t")  # a pending job, and no waiting worker: no reason to notify
+    listener, heard = await _listening(db_url)
+    producer = await asyncpg.connect(db_url)
+    try:
+        heard.clear()
+        async with producer.transaction(isolation="repeatable_read"):
+            await producer.fetchval("SELECT count(*) FROM shoal.workers")  # the snapshot is taken here
+            await client.enqueue(producer, "rr", "t")
+        await eventually(lambda: asyncio.sleep(0, "rr" in heard), timeout=5)
+        assert not await _heard_after_enqueue(conn, heard, "rr"), "a read-committed enqueue still does not"
+    finally:
+        for c in (listener, producer):
+            await c.close()
+
+
 async def _waiting(conn: asyncpg.Connection, queue: str) -> bool | None:
     return await conn.fetchval("SELECT bool_and(waiting) FROM shoal.workers WHERE queue = $1", queue)
 

@@ -7,7 +7,8 @@ CREATE OR REPLACE FUNCTION shoal.wake_locked(p_queue text)
  LANGUAGE plpgsql
 AS $function$
 BEGIN
-    IF EXISTS (SELECT FROM shoal.workers w WHERE w.queue = p_queue AND w.waiting IS NOT FALSE)
+    IF current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM shoal.workers w WHERE w.queue = p_queue AND w.waiting IS NOT FALSE)
        OR NOT EXISTS (SELECT FROM shoal.jobs j WHERE j.queue = p_queue AND j.state = 'pending') THEN
         PERFORM pg_notify('shoal_jobs', p_queue);
         RETURN true;
