@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from typing import Any, cast
 
 import asyncpg
@@ -231,7 +230,7 @@ class Claimer:
     def _accept(self, rows: list[Any], batch: HeldBatch | None = None) -> None:
         # The hot path of a fast queue: columns by position, a task's lookups once per claim (and
         # its state looked up again only when the task changes from one row to the next: a
-        # claim is mostly of one task), the queue-wait histogram's observe inline.
+        # claim is mostly of one task).
         shared, jb = self.shared, self.shared.buffer
         queue = shared.queue
         now = time.time()
@@ -256,11 +255,7 @@ class Claimer:
                    else TracedJob(r[0], queue, task, r[2], r[3], r[4], r[5], trace_context))
             claimed[r[0]] = job
             wait = now - r[5]
-            if wait > 0.0:
-                waited.counts[bisect_left(waited.bounds, wait)] += 1
-                waited.sum += wait
-            else:
-                waited.counts[0] += 1
+            waited.observe(wait if wait > 0.0 else 0.0)
             if is_batch:
                 batches.setdefault(task, []).append(job)
             else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +89,6 @@ class Executor:
         self._task_info = tasks.get
         self._known = tasks.known
         self._cancelling = shared.cancelling
-        self._batch_of = shared.sink.batch_of
-        self._lost = shared.sink.lost
         self._put = shared.sink.put
 
     async def runner(self) -> None:
@@ -104,8 +101,7 @@ class Executor:
         shared, keeper, jb = self.shared, self.keeper, self.shared.buffer
         buffer, idle, start_by = jb.items, jb.idle, jb.start_by
         executing, slot_freed, stopping = shared.executing, shared.slot_freed, shared.stopping
-        known, task_info, batch_of, lost, put = self._known, self._task_info, self._batch_of, self._lost, self._put
-        sink, deadlines = shared.sink, self.deadlines
+        known, task_info, put_one, deadlines = self._known, self._task_info, shared.sink.put_one, self.deadlines
         doubt_after = keeper.doubt_after
         perf_counter, monotonic = time.perf_counter, time.monotonic
         streak = 0
@@ -170,24 +166,10 @@ class Executor:
                 slot_freed.set()
             elapsed = perf_counter() - started
             self.avg_duration += (elapsed - self.avg_duration) * 0.02
-            ran = info.ran  # its observe(elapsed), inline
-            ran.counts[bisect_left(ran.bounds, elapsed)] += 1
-            ran.sum += elapsed
+            info.ran.observe(elapsed)
             shared.runs += 1
             shared.busy_seconds += elapsed
-            batch = batch_of.get(job.id)
-            if lost:  # held batches were lost with their connection: the sink sorts it out
-                put((outcome,))
-            elif batch is not None:
-                batch.add(outcome)  # the common case of a fast queue, without the sink's loop
-            else:
-                if not sink.leased:  # sink.put's leased case, inline (see OutcomeSink.ready)
-                    sink.ready.set()
-                sink.leased.append(outcome)
-            # A parked runner must not keep its last batch alive: a committed held batch holds
-            # every job and outcome of its claim (with 500 runners: most of 100k objects the
-            # cyclic GC kept walking).
-            del batch, outcome
+            put_one(outcome)
 
     async def _start_batch(self, jobs: list[Job], me: asyncio.Task[None]) -> None:
         """Run one call of a batch task (the runner's bookkeeping around `_run_batch`)."""

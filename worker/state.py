@@ -103,24 +103,26 @@ class OutcomeSink:
         """Outcomes of lost held batches wait to be written (the claimer waits for them)."""
         return bool(self.orphaned or self.orphaned_batches)
 
-    def put(self, outcomes: Sequence[Outcome]) -> None:
-        for_completer = False
-        lost, batch_of = self.lost, self.batch_of
-        for outcome in outcomes:
-            job_id = outcome.job.id
-            if lost.get(job_id) is outcome.job:
-                del lost[job_id]  # its batch is gone: the job is ready again in the database
-                self.orphaned.append(outcome)
-                for_completer = True
-                continue
-            batch = batch_of.get(job_id)
-            if batch is not None:
-                batch.add(outcome)
-            else:
-                self.leased.append(outcome)
-                for_completer = True
-        if for_completer:
+    def put_one(self, outcome: Outcome) -> None:
+        """Route one outcome: to its open held batch, else to the completer (as an orphan if its
+        held batch was lost with its connection)."""
+        job = outcome.job
+        if self.lost and self.lost.get(job.id) is job:
+            del self.lost[job.id]  # its batch is gone: the job is ready again in the database
+            self.orphaned.append(outcome)
             self.ready.set()
+            return
+        batch = self.batch_of.get(job.id)
+        if batch is not None:
+            batch.add(outcome)
+            return
+        if not self.leased:  # see `ready`: set when the list stops being empty
+            self.ready.set()
+        self.leased.append(outcome)
+
+    def put(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            self.put_one(outcome)
 
 
 class Shared:
