@@ -61,10 +61,12 @@ WINDOW = (0.05, 0.85)  # the steady window, as fractions of the backlog done
 EXPLAIN_AT = (0.3, 0.4, 0.5, 0.6, 0.7)  # one claim under EXPLAIN at these fractions done
 CLAIM_ROWS = {"shoal": 3 * CONCURRENCY, "bare": 100}  # rows one claim asks for (shoal: its capacity)
 
-# The claim each system sends, as a plain SELECT ... FOR UPDATE SKIP LOCKED for EXPLAIN.
+# The claim each system sends, as a plain SELECT ... FOR UPDATE SKIP LOCKED for EXPLAIN (shoal's:
+# the quick claim of sql/013_claim_past_held.sql, which a worker sends between full scans).
 EXPLAIN_CLAIM = {
     "shoal": """SELECT c.id FROM shoal.jobs c
                  WHERE c.queue = 'scale' AND c.state = 'pending' AND NOT c.suspect AND c.run_at <= clock_timestamp()
+                   AND age(c.xmax) > (SELECT age(xid(pg_snapshot_xmin(pg_current_snapshot()))))
                  ORDER BY c.priority DESC, c.run_at, c.id LIMIT {n} FOR UPDATE SKIP LOCKED""",
     "bare": "SELECT id FROM bare_jobs ORDER BY id LIMIT {n} FOR UPDATE SKIP LOCKED",
 }
@@ -181,7 +183,8 @@ async def db_stats(conn: asyncpg.Connection) -> dict[str, float]:
 async def explain_claim(url: str, system: str) -> dict[str, Any]:
     """One claim, as the system sends it, under EXPLAIN (ANALYZE, BUFFERS), rolled back: the rows
     its index scan fetched beyond the LIMIT are rows other workers hold locked (SKIP LOCKED steps
-    over them one heap fetch each) or dead rows the index still points at."""
+    over them one heap fetch each; Shoal's quick claim filters them out before trying a lock) or
+    dead rows the index still points at."""
     conn = await asyncpg.connect(url)
     n = CLAIM_ROWS[system]
     tx = conn.transaction()
@@ -203,8 +206,9 @@ async def explain_claim(url: str, system: str) -> dict[str, Any]:
 
     plan_root = top["Plan"]
     leaf = scan(plan_root) or plan_root
-    return {"limit": n, "claimed": int(plan_root["Actual Rows"]), "scan_rows": int(leaf["Actual Rows"]),
-            "stepped_over": int(leaf["Actual Rows"]) - int(plan_root["Actual Rows"]),
+    scanned = int(leaf["Actual Rows"]) + int(leaf.get("Rows Removed by Filter", 0))
+    return {"limit": n, "claimed": int(plan_root["Actual Rows"]), "scan_rows": scanned,
+            "stepped_over": scanned - int(plan_root["Actual Rows"]),
             "shared_hit_blocks": int(plan_root.get("Shared Hit Blocks", 0)),
             "shared_read_blocks": int(plan_root.get("Shared Read Blocks", 0)),
             "ms": float(top.get("Execution Time", 0.0)), "scan": leaf["Node Type"]}

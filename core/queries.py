@@ -59,7 +59,7 @@ RECORD_TRACED = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7, $8)"
 # batch's own transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
 CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, "
               "trace_context, xact "
-              "FROM shoal.claim_held($1, $2)")
+              "FROM shoal.claim_held($1, $2, $3)")
 HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
 FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -167,6 +167,11 @@ SELECT id, state::text AS state, attempts, last_error, finished_at
 """
 JOBS_EXISTING = "SELECT id FROM shoal.jobs WHERE id = ANY($1)"
 JOBS_LAST_ID = "SELECT coalesce((SELECT last_value FROM shoal.jobs_id_seq WHERE is_called), 0)"
+# A waiter is listed (committed), then passes the barrier, before it reads states: completions
+# notify `shoal_done` only while one is listed (sql/014_done_gate.sql).
+WAIT_BEGIN = "SELECT shoal.wait_begin()"
+DONE_BARRIER = "SELECT shoal.done_barrier()"
+WAIT_END = "SELECT shoal.wait_end($1)"
 JOBS_LIST = """
 SELECT id, queue, task, state::text AS state, priority, run_at, attempts, max_attempts, last_error,
        created_at, finished_at

@@ -1,7 +1,8 @@
 """Following jobs to the end: `wait` until they reach a final state.
 
-A waiter LISTENs on `shoal_done`, which completions notify (sql/004_held_claims.sql), and
-reads the final rows when a notification may concern it; polling is only the safety net.
+A waiter LISTENs on `shoal_done`, which completions notify while a waiter is listed
+(sql/014_done_gate.sql), and reads the final rows when a notification may concern it; polling
+is only the safety net. Inside the caller's transaction no notification arrives: it polls.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ async def wait(db: Executor, ids: Sequence[int], *, mode: str = "all", timeout: 
         if done_mentions(payload, wanted):
             woken.set()
 
+    listed: int | None = None
     await conn.add_listener("shoal_done", on_done)
     try:
+        if not conn.is_in_transaction():
+            listed = await conn.fetchval(queries.WAIT_BEGIN)
+            await conn.execute(queries.DONE_BARRIER)
         async with asyncio.timeout(timeout):
             results: dict[int, JobResult] = {}
             while True:
@@ -92,6 +97,8 @@ async def wait(db: Executor, ids: Sequence[int], *, mode: str = "all", timeout: 
                     await asyncio.wait_for(woken.wait(), poll_interval)
     finally:
         with contextlib.suppress(Exception):
+            if listed is not None:
+                await conn.execute(queries.WAIT_END, listed)
             await conn.remove_listener("shoal_done", on_done)
         if pool_conn is not None:
             await db.release(pool_conn)  # type: ignore[union-attr,attr-defined]

@@ -1,7 +1,7 @@
 """Following jobs from synchronous code: `wait` for final states, `cancel`, `retry`, `get_job`.
 
 The semantics of shoal.waiting and shoal.manage on a psycopg connection: LISTEN on `shoal_done`
-(which completions notify) and read the final rows when a notification may concern the waiter;
+(which completions notify while a waiter is listed: sql/014_done_gate.sql) and read the final rows when a notification may concern the waiter;
 polling every `poll_interval` is the safety net. A connection in a transaction cannot receive
 notifications until it ends, so there `wait` polls only. An id handed out whose row is gone was a
 succeeded job pruned by retention; an id never handed out raises JobNotFoundError.
@@ -41,9 +41,13 @@ def wait(conn: Connection, ids: Sequence[int], *, mode: str = "all", timeout: fl
         return {}
     deadline = None if timeout is None else time.monotonic() + timeout
     listen = not in_callers_transaction(conn)
+    listed = None
     if listen:
         conn.execute("LISTEN shoal_done")
     try:
+        if listen:
+            listed = fetch(conn, queries.WAIT_BEGIN)[0]["wait_begin"]
+            fetch(conn, queries.DONE_BARRIER)
         results: dict[int, JobResult] = {}
         while True:
             results.update(_final_results(conn, wanted - results.keys()))
@@ -63,6 +67,8 @@ def wait(conn: Connection, ids: Sequence[int], *, mode: str = "all", timeout: fl
     finally:
         if listen:
             with contextlib.suppress(psycopg.Error):
+                if listed is not None:
+                    fetch(conn, queries.WAIT_END, listed)
                 conn.execute("UNLISTEN shoal_done")
 
 

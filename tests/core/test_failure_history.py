@@ -195,7 +195,7 @@ async def test_previous_workers_calls_still_record_history(db_url: str, conn: as
     ids = await client.enqueue_many(conn, [NewJob("oldh", "t") for _ in range(2)])
     for query, extra in ((queries.FINISH_HELD, ()), (queries.FINISH_HELD_TRACED, (["Traceback held"],))):
         async with conn.transaction():
-            (row,) = await conn.fetch(queries.CLAIM_HELD, "oldh", 1)
+            (row,) = await conn.fetch(queries.CLAIM_HELD, "oldh", 1, True)
             await conn.execute(query, "w2", "oldh", 1, None, [], [], [row["id"]], ["held boom"], [0.0], [], *extra)
     rows = await conn.fetch("SELECT job_id, worker_id, traceback FROM shoal.job_errors WHERE job_id = ANY($1) "
                             "ORDER BY job_id", ids)

@@ -114,7 +114,7 @@ async def test_the_claims_return_the_trace_context(conn: asyncpg.Connection) -> 
         traced = await client.enqueue(conn, "c", "t", priority=1)
     plain = await client.enqueue(conn, "c", "t")
     async with conn.transaction():
-        held = await conn.fetch(queries.CLAIM_HELD, "c", 10)
+        held = await conn.fetch(queries.CLAIM_HELD, "c", 10, True)
         assert [(r["id"], r["trace_context"]) for r in held] == [(traced, TRACEPARENT), (plain, None)]
         assert held[0][6] == TRACEPARENT  # the 7th column: claimer._accept reads it by position
     leased = await conn.fetch(queries.CLAIM, "c", "w1", 10, timedelta(seconds=30), False, timedelta(0))

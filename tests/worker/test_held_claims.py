@@ -42,7 +42,7 @@ async def _hold(url: str, queue: str, worker: str, batch: int, limit: int = 10
     the ids it locked, and the ids hold_batch reported as left by a dead batch."""
     conn = await asyncpg.connect(url)
     await conn.execute("BEGIN")
-    rows = await conn.fetch(queries.CLAIM_HELD, queue, limit)
+    rows = await conn.fetch(queries.CLAIM_HELD, queue, limit, False)  # as a worker claims between full scans
     ids = [r["id"] for r in rows]
     if not ids:
         return conn, [], []
@@ -132,7 +132,7 @@ async def test_limited_or_paused_queues_are_never_held(conn: asyncpg.Connection)
     for q in ("rl", "cc", "pz"):
         await client.enqueue(conn, q, "shoal.noop")
         async with conn.transaction():
-            rows = await conn.fetch(queries.CLAIM_HELD, q, 10)
+            rows = await conn.fetch(queries.CLAIM_HELD, q, 10, True)
         assert [(r["id"], r["task"]) for r in rows] == [(None, "limited")], q
 
 
