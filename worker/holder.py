@@ -28,8 +28,9 @@ from shoal.worker.state import Shared
 
 log = logging.getLogger("shoal.worker")
 
-# Seconds between held claims that try every ready row, including those whose last locker ended
-# too recently for the quick claim to tell from one still holding them (sql/013_claim_past_held.sql).
+# Seconds between a queue's held claims that try every ready row, including those whose last locker
+# ended too recently for the quick claim to tell from one still holding them. One claim of the queue
+# per interval, whichever worker sends it, is elected in the database (sql/013_claim_past_held.sql).
 FULL_SCAN_EVERY = 1.0
 
 
@@ -41,7 +42,6 @@ class Holder:
         self.completer = completer
         self.batches: dict[int, HeldBatch] = {}  # open held batches by number
         self.off_until = 0.0  # the queue has limits or is paused: leased claims only until then
-        self.full_scan_at = 0.0  # next claim that also steps over locked rows (sql/013_claim_past_held.sql)
         self._seq = 0
         self._closers: set[asyncio.Task[None]] = set()
 
@@ -52,11 +52,7 @@ class Holder:
         transaction = conn.transaction()
         try:
             await transaction.start()
-            now = time.monotonic()
-            full = now >= self.full_scan_at
-            if full:
-                self.full_scan_at = now + FULL_SCAN_EVERY
-            rows = await conn.fetch(queries.CLAIM_HELD, cfg.queue, limit, full)
+            rows = await conn.fetch(queries.CLAIM_HELD, cfg.queue, limit, FULL_SCAN_EVERY)
             if not rows or rows[0]["id"] is None:
                 await transaction.rollback()
                 await self.pool.release(conn)

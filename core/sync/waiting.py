@@ -1,10 +1,11 @@
 """Following jobs from synchronous code: `wait` for final states, `cancel`, `retry`, `get_job`.
 
 The semantics of shoal.waiting and shoal.manage on a psycopg connection: LISTEN on `shoal_done`
-(which completions notify while a waiter is listed: sql/014_done_gate.sql) and read the final rows when a notification may concern the waiter;
-polling every `poll_interval` is the safety net. A connection in a transaction cannot receive
-notifications until it ends, so there `wait` polls only. An id handed out whose row is gone was a
-succeeded job pruned by retention; an id never handed out raises JobNotFoundError.
+(which completions notify while a waiter is listed: sql/014_done_gate.sql) and read the final
+rows when a notification may concern the waiter; polling every `poll_interval` is the safety net.
+A connection in a transaction cannot receive notifications until it ends, so there `wait` polls
+only. An id handed out whose row is gone was a succeeded job pruned by retention; an id never
+handed out raises JobNotFoundError.
 """
 
 from __future__ import annotations

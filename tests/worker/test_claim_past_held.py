@@ -1,10 +1,11 @@
 """Held claims pass over rows other batches hold without trying to lock them
 (sql/013_claim_past_held.sql), and no ready job is left behind by that: rows freed while an older
-transaction runs are claimed by the full scan a worker makes once a second, or at once when
-nothing else is ready, and by every claim once that transaction ends."""
+transaction runs are claimed by the full scan one claim of the queue makes each second, or at once
+when nothing else is ready, and by every claim once that transaction ends."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -19,7 +20,8 @@ from shoal.worker.config import WorkerConfig
 from shoal.worker.holder import Holder
 from shoal.worker.state import Shared
 
-QUICK, FULL = False, True
+# claim_held's last argument: seconds between the queue's full scans (0: this claim scans fully).
+QUICK, FULL = 3600.0, 0.0
 
 
 class Sessions:
@@ -43,11 +45,16 @@ async def sessions(db_url: str) -> AsyncIterator[Sessions]:
         await c.close()
 
 
-async def claim(conn: asyncpg.Connection, queue: str, limit: int, full: bool) -> list[int]:
+async def claim(conn: asyncpg.Connection, queue: str, limit: int, full_every: float) -> list[int]:
     """A held claim in a transaction left open, as a worker's batch is while its jobs run."""
     if not conn.is_in_transaction():
         await conn.execute("BEGIN")
-    return [r["id"] for r in await conn.fetch(queries.CLAIM_HELD, queue, limit, full)]
+    return [r["id"] for r in await conn.fetch(queries.CLAIM_HELD, queue, limit, full_every)]
+
+
+async def scanned_fully_just_now(conn: asyncpg.Connection, queue: str) -> None:
+    """As if a claim of `queue` had just been elected for its full scan: QUICK claims stay quick."""
+    await conn.execute("INSERT INTO shoal.full_scans (queue, at) VALUES ($1, now())", queue)
 
 
 async def freed_while_an_older_transaction_runs(conn: asyncpg.Connection, sessions: Sessions, queue: str,
@@ -85,6 +92,7 @@ async def _claims(sessions: Sessions, queue: str, expected: list[int]) -> bool:
 async def test_rows_freed_while_an_older_transaction_runs_are_claimed_by_a_full_scan(
         conn: asyncpg.Connection, sessions: Sessions) -> None:
     await queues.declare_queue(conn, "pf")
+    await scanned_fully_just_now(conn, "pf")
     ids = await client.enqueue_many(conn, [NewJob("pf", "shoal.noop") for _ in range(6)])
     old, released = await freed_while_an_older_transaction_runs(conn, sessions, "pf", 2)
     assert released == ids[:2]
@@ -105,28 +113,37 @@ async def test_rows_freed_while_an_older_transaction_runs_are_claimed_by_a_full_
     await eventually(lambda: _claims(sessions, "pf", ids))
 
 
-async def test_a_worker_scans_fully_once_a_second(db_url: str, conn: asyncpg.Connection, sessions: Sessions,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A queue that always has never-locked rows ready would starve the freed ones of a worker that
-    only claimed quickly: its claims between full scans take the others, its full scans the freed."""
+async def test_one_claim_of_the_queue_scans_fully_each_second(db_url: str, conn: asyncpg.Connection,
+                                                             sessions: Sessions) -> None:
+    """A queue that always has never-locked rows ready would starve the freed ones if its workers
+    only claimed quickly: the queue's first claim, and the first after each FULL_SCAN_EVERY
+    seconds, whichever worker sends it, scans fully; the others pass the freed rows."""
     await queues.declare_queue(conn, "pw")
     ids = await client.enqueue_many(conn, [NewJob("pw", "shoal.noop") for _ in range(12)])
     old, released = await freed_while_an_older_transaction_runs(conn, sessions, "pw", 4)
     assert released == ids[:4]
-    clock = [1000.0]
-    monkeypatch.setattr(holder_module.time, "monotonic", lambda: clock[0])
     shared = Shared(WorkerConfig(db_url, "pw").validate())
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=6)
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=8)
     holder = Holder(shared, pool, Completer(shared, pool))
+    other = await sessions.open()  # another worker's claim, at the same time
     try:
-        claimed = []
-        for advance in (0.0, 0.1, 0.1, holder_module.FULL_SCAN_EVERY):
-            clock[0] += advance
+        async def opened() -> list[int]:
             rows, batch = await holder.open(2)
             assert batch is not None
-            claimed.append([r["id"] for r in rows or []])
-        assert claimed == [ids[0:2], ids[4:6], ids[6:8], ids[2:4]], \
-            "first claim and one a second later full, the two between quick"
+            return [r["id"] for r in rows or []]
+
+        assert await opened() == ids[0:2], "the queue's first claim scans fully"
+        assert await opened() == ids[4:6], "the next claims pass the freed rows"
+        assert await claim(other, "pw", 2, holder_module.FULL_SCAN_EVERY) == ids[6:8], \
+            "so do another worker's, within the same second"
+        # A stopping worker gives back what it never started: freed rows again, while `old` runs.
+        shared.stopping.set()
+        await holder.close_all(5)
+        shared.stopping.clear()
+        await other.execute("COMMIT")
+        await asyncio.sleep(holder_module.FULL_SCAN_EVERY + 0.2)
+        assert await opened() == ids[0:2], "a second later one claim scans fully, in the queue's order"
+        assert await opened() == ids[8:10], "and the next is quick again"
     finally:
         shared.stopping.set()
         await holder.close_all(5)
