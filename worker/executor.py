@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -34,6 +34,7 @@ from shoal.worker.outcome import Outcome, TracedJob, failure_outcome
 from shoal.worker.state import WAKE_AHEAD, Shared
 
 log = logging.getLogger("shoal.worker")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +240,7 @@ class Executor:
                                   f"(known: {known}); register it with @shoal.task({job.task!r}) in a module "
                                   "passed to --tasks", None)
             else:
-                if info.timeout is None:
-                    await call(spec, job)
-                else:
-                    async with asyncio.timeout(info.timeout):
-                        await call(spec, job)
+                await self._timed(info.timeout, call(spec, job))
                 outcome = Outcome(job, "ok")
         except asyncio.CancelledError:
             if not self._was_cancelled((job,)):
@@ -257,12 +254,28 @@ class Executor:
                 tracing.end_job(span, outcome, error)
         return outcome
 
+    async def _timed(self, timeout: float | None, running: Awaitable[T]) -> T:
+        """Await a handler's call under the job's timeout, kept by the same deadlines as the jobs
+        the runner awaits inline: TimeoutError at the deadline, any other cancellation as is."""
+        if timeout is None:
+            return await running
+        me = asyncio.current_task()
+        assert me is not None
+        deadline = self.deadlines.start(timeout, me)
+        try:
+            return await running
+        except asyncio.CancelledError as exc:
+            if self.deadlines.timed_out(deadline):
+                raise timeout_error(exc) from exc
+            raise
+        finally:
+            self.deadlines.finish(deadline)
+
     async def _run_batch(self, jobs: list[Job]) -> None:
         spec = self.config.registry.tasks[jobs[0].task]
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._task_info(spec.name).timeout):
-                result = await call(spec, jobs)
+            result = await self._timed(self._task_info(spec.name).timeout, call(spec, jobs))
             failed = dict(result or {})
             outcomes = []
             for job in jobs:

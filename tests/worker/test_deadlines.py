@@ -4,6 +4,7 @@ timer per job."""
 from __future__ import annotations
 
 import asyncio
+import time
 import traceback
 
 import asyncpg
@@ -101,3 +102,26 @@ async def test_timed_out_jobs_fail_with_the_timeout_and_others_run_on(db_url: st
     assert {results[i].state for i in quick_ids} == {"succeeded"}
     tb = await conn.fetchval("SELECT traceback FROM shoal.job_errors WHERE job_id = $1", stuck_id)
     assert "in stuck" in tb, "the traceback shows where the job was stuck"
+
+
+async def test_sync_and_batch_handlers_time_out_on_the_same_deadlines(db_url: str, conn: asyncpg.Connection) -> None:
+    """Handlers the runner does not await inline (a sync one, in a thread; a batch call) keep their
+    timeout through the same deadlines, with the same TimeoutError."""
+    await queues.declare_queue(conn, "ds", keep_failed_seconds=3600)
+    reg = TaskRegistry()
+
+    @task("ds.sync", timeout=0.1, registry=reg)
+    def blocking(job: Job) -> None:
+        time.sleep(0.5)
+
+    @task("ds.batch", timeout=0.1, batch=True, batch_size=5, registry=reg)
+    async def batch(jobs: list[Job]) -> None:
+        await asyncio.sleep(3600)
+
+    sync_id = await client.enqueue(conn, "ds", "ds.sync", max_attempts=1)
+    batch_ids = [await client.enqueue(conn, "ds", "ds.batch", max_attempts=1) for _ in range(3)]
+    async with running_worker(db_url, "ds", reg):
+        results = await client.wait(conn, [sync_id, *batch_ids], timeout=30)
+    for job_id in (sync_id, *batch_ids):
+        assert results[job_id].state == "failed", results[job_id]
+        assert "timed out after 0.1s" in (results[job_id].error or "")
