@@ -83,10 +83,10 @@ async def wait(db: Executor, ids: Sequence[int], *, mode: str = "all", timeout: 
     listed: int | None = None
     await conn.add_listener("shoal_done", on_done)
     try:
-        if not conn.is_in_transaction():
-            listed = await conn.fetchval(queries.WAIT_BEGIN)
-            await conn.execute(queries.DONE_BARRIER)
         async with asyncio.timeout(timeout):
+            if not conn.is_in_transaction():
+                listed = await conn.fetchval(queries.WAIT_BEGIN)
+                await conn.execute(queries.DONE_BARRIER)  # waits for completions in flight: within the timeout
             results: dict[int, JobResult] = {}
             while True:
                 woken.clear()
