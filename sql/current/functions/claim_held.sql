@@ -44,23 +44,17 @@ BEGIN
     IF NOT scan_all THEN
         -- Any transaction that holds a row now is at least as young as this snapshot's xmin.
         horizon := age(xid(pg_snapshot_xmin(pg_current_snapshot())));
+    END IF;
+    LOOP
         RETURN QUERY
         SELECT c.id, c.task, c.payload, c.attempts + 1, c.max_attempts, c.run_at, me, c.trace_context
           FROM shoal.jobs c
          WHERE c.queue = p_queue AND c.state = 'pending' AND NOT c.suspect AND c.run_at <= clock_timestamp()
-           AND age(c.xmax) > horizon
+           AND (scan_all OR age(c.xmax) > horizon)
          ORDER BY c.priority DESC, c.run_at, c.id
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED;
-        IF FOUND THEN
-            RETURN;
-        END IF;
-    END IF;
-    RETURN QUERY
-    SELECT c.id, c.task, c.payload, c.attempts + 1, c.max_attempts, c.run_at, me, c.trace_context
-      FROM shoal.jobs c
-     WHERE c.queue = p_queue AND c.state = 'pending' AND NOT c.suspect AND c.run_at <= clock_timestamp()
-     ORDER BY c.priority DESC, c.run_at, c.id
-     LIMIT p_limit
-       FOR UPDATE SKIP LOCKED;
+        EXIT WHEN FOUND OR scan_all;
+        scan_all := true;  -- the quick scan found nothing: try every row
+    END LOOP;
 END $function$;
