@@ -7,11 +7,12 @@ with `--child`), so that one Python process's CPU does not cap the rate. Systems
 round by round on one server (durable settings: every call commits and waits for its WAL flush):
 
 - **shoal**: `shoal.enqueue(conn, queue, task, payload)` (asyncpg; the job checked in Python, then
-  one statement, queries.ENQUEUE_ONE, sql/012_enqueue_one.sql: the queue's default, the wake lock
-  and test, the INSERT; no worker waits for jobs, so only the round's first job sends a
-  `pg_notify`, sql/011_wake_gate.sql);
-- **shoal+waiting**: the same with a worker of the queue waiting for jobs (a `shoal.workers` row
-  with `waiting` true, as an idle worker leaves): every enqueue sends a `pg_notify`;
+  one statement, queries.ENQUEUE_ONE: the INSERT with the queue's default, then the test whether
+  anyone waits for the queue's jobs, sql/015_waiter_locks.sql; nobody does, as when every worker
+  is busy, so no enqueue sends a `pg_notify`);
+- **shoal+waiting**: the same while a worker of the queue waits for jobs (the runner's session
+  holds the queue's waiter lock, as an idle worker's listener does): every enqueue sends a
+  `pg_notify`;
 - **bare**: `INSERT INTO bare_enqueue (queue, task, payload, max_attempts) VALUES ($1, $2, $3, $4)
   RETURNING id`, prepared, on a plain table with shoal.jobs's columns, defaults, constraints
   and indexes (`CREATE TABLE … (LIKE shoal.jobs INCLUDING ALL)`): the cost of the row itself;
@@ -132,10 +133,11 @@ def _pct(values: list[float], q: float) -> float:
 
 async def one_round(conn: asyncpg.Connection, url: str, cpu: Any, system: str, args: argparse.Namespace,
                     round_no: int) -> dict[str, Any]:
-    await conn.execute("DELETE FROM shoal.workers")
-    if system == "shoal+waiting":  # the row an idle worker leaves (sql/011_wake_gate.sql)
-        await conn.execute("SELECT shoal.heartbeat('bench-waiter', $1, 'bench', 0, 0, 0)", QUEUE)
-        await conn.execute("SELECT shoal.worker_waiting('bench-waiter', true)")
+    from shoal import queries
+
+    await conn.execute("SELECT pg_advisory_unlock_all()")
+    if system == "shoal+waiting":  # the lock an idle worker holds (sql/015_waiter_locks.sql)
+        await conn.fetchval(queries.WAIT_FOR_JOBS, QUEUE)
     await conn.execute(f"TRUNCATE {TABLES[system]}")
     await conn.execute(f"VACUUM ANALYZE {TABLES[system]}")
     await conn.execute("CHECKPOINT")

@@ -11,17 +11,15 @@ from __future__ import annotations
 ENQUEUE_MANY = "SELECT id, created FROM shoal.enqueue_many($1, $2, $3, $4, $5, $6, $7, $8)"
 # One job without a unique key (sql/012_enqueue_one.sql), for both drivers (hence the casts): $1 queue,
 # $2 task, $3 payload (JSON text), $4 priority, $5 run_at (NULL: now), $6 max_attempts (NULL: the
-# queue's), $7 trace context. The queue's wake lock is taken before shoal.wake_locked reads who
-# waits; no row back means the queue does not exist.
+# queue's), $7 trace context. No row back means the queue does not exist. RETURNING runs once the
+# row is written, so the transaction has its id when shoal.wake_waiters asks whether anyone waits
+# (sql/015_waiter_locks.sql).
 ENQUEUE_ONE = """
-WITH q AS MATERIALIZED (
-    SELECT qq.name, qq.max_attempts, pg_advisory_xact_lock_shared(shoal.wake_key(qq.name))
-      FROM shoal.queues qq WHERE qq.name = $1::text)
 INSERT INTO shoal.jobs (queue, task, payload, priority, run_at, max_attempts, trace_context)
-SELECT q.name, $2::text, $3::jsonb, $4::smallint, coalesce($5::timestamptz, now()),
-       coalesce($6::integer, q.max_attempts), $7::text
-  FROM q, LATERAL shoal.wake_locked(q.name) AS w
-RETURNING id
+SELECT qq.name, $2::text, $3::jsonb, $4::smallint, coalesce($5::timestamptz, now()),
+       coalesce($6::integer, qq.max_attempts), $7::text
+  FROM shoal.queues qq WHERE qq.name = $1::text
+RETURNING id, shoal.wake_waiters(queue)
 """
 # Large batches (sql/003_enqueue_copy.sql): reserve ids and read defaults, then COPY the rows in
 # with these columns, in this order.
@@ -66,9 +64,11 @@ FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 FINISH_HELD_TRACED = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # The beat also reports the worker's handler runs and their seconds so far (sql/010_worker_throughput.sql).
 HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4, $5, $6)"
-# Whether this worker sleeps until notified, and whether it may yet (sql/011_wake_gate.sql).
-WORKER_WAITING = "SELECT shoal.worker_waiting($1, $2)"
-WAKE_BARRIER = "SELECT shoal.wake_barrier($1)"
+# A listener waiting for a queue's jobs, on its LISTEN session, and whether it may sleep yet
+# (sql/015_waiter_locks.sql): WAIT_FOR_JOBS returns the transaction id WAKE_BARRIER takes.
+WAIT_FOR_JOBS = "SELECT shoal.wait_for_jobs($1)::text"
+STOP_WAITING = "SELECT shoal.stop_waiting($1)"
+WAKE_BARRIER = "SELECT shoal.wake_barrier($1::text::xid8)"
 # rescue_held forgets dead held batches whose jobs were claimed and finished by others since.
 RESCUE = "SELECT shoal.rescue($1) + shoal.rescue_held()"
 RELEASE = "SELECT shoal.release($1, $2, $3)"

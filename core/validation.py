@@ -171,13 +171,27 @@ def _run_at(job: NewJob, where: str) -> datetime | None:
     return run_at
 
 
+# Queue and task names found valid in this process: a single job (a batch of its own, each time)
+# skips checking them again. Bounded, since names can be made at run time.
+_SEEN_MAX = 4096
+_queues_seen: set[str] = set()
+_tasks_seen: set[str] = set()
+
+
+def _seen(seen: set[str], name: str) -> str:
+    if len(seen) >= _SEEN_MAX:
+        seen.clear()
+    seen.add(name)
+    return name
+
+
 def _check_job(job: NewJob, where: str, valid_queues: set[str], valid_tasks: set[str]) -> None:
     """Every check of one job but the payload and run_at/delay ones, in the order errors are
     reported (shoal.check_job's)."""
     if not isinstance(job.queue, str) or job.queue not in valid_queues:  # check each name once
-        valid_queues.add(names.queue_name(job.queue, f"{where}queue"))
+        valid_queues.add(_seen(_queues_seen, names.queue_name(job.queue, f"{where}queue")))
     if not isinstance(job.task, str) or job.task not in valid_tasks:
-        valid_tasks.add(names.task_name(job.task, f"{where}task"))
+        valid_tasks.add(_seen(_tasks_seen, names.task_name(job.task, f"{where}task")))
     _check_int(job.priority, f"{where}priority", "priority", PRIORITY_MIN, PRIORITY_MAX, PRIORITY_HINT)
     if job.max_attempts is not None:
         _check_int(job.max_attempts, f"{where}max_attempts", "max_attempts", 1, MAX_ATTEMPTS_MAX, MAX_ATTEMPTS_HINT)
@@ -207,6 +221,9 @@ def validate(jobs: Sequence[NewJob], start: int = 0, stop: int | None = None) ->
     for i, job in enumerate(jobs[start:stop], start):
         queue, task, payload, priority = job.queue, job.task, job.payload, job.priority
         run_at, max_attempts, unique_key = job.run_at, job.max_attempts, job.unique_key
+        if not many and type(queue) is str and queue in _queues_seen and type(task) is str and task in _tasks_seen:
+            valid_queues.add(queue)
+            valid_tasks.add(task)
         if not (type(queue) is str and queue in valid_queues and type(task) is str and task in valid_tasks
                 and type(priority) is int and -32768 <= priority <= 32767  # literals: no global lookups
                 and (max_attempts is None or (type(max_attempts) is int and 1 <= max_attempts <= 2147483647))
@@ -260,11 +277,16 @@ def translate_errors(jobs: int | None = None) -> Iterator[None]:
     try:
         yield
     except asyncpg.PostgresError as exc:
-        error = database_refusal(getattr(exc, "sqlstate", None), str(getattr(exc, "message", None) or exc),
-                                 getattr(exc, "column_name", None), getattr(exc, "hint", None), jobs)
+        error = translated(exc, jobs)
         if error is None:
             raise
         raise error from None
+
+
+def translated(exc: asyncpg.PostgresError, jobs: int | None = None) -> ShoalError | None:
+    """`translate_errors` for one exception, for a hot path that catches it itself."""
+    return database_refusal(getattr(exc, "sqlstate", None), str(getattr(exc, "message", None) or exc),
+                            getattr(exc, "column_name", None), getattr(exc, "hint", None), jobs)
 
 
 # The names `Row`, `Batch` and `validate` had while private. bench/enqueue_paths.py --baseline REF

@@ -274,6 +274,8 @@ class Autoscaler:
         # With a drain objective the backlog is counted as far as the objective can use it.
         cap = drain.count_cap(plan.policy, self.state.speed, count_cap(plan.policy))
         m = await measure(plan.pool, plan.queue, plan.policy, cap=cap)
+        if plan.wakeups is not None:  # no ready job: the next enqueue should tick at once
+            await plan.wakeups.wait_for_jobs(plan.queue, m.ready == 0)
         policy = replace(plan.policy, rate_limit=m.rate_limit, concurrency_limit=m.concurrency_limit)
         current = await self.target.current_replicas()
         autoscaling = policy.autoscaling_enabled or not self.hands_off_when_fixed

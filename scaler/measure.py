@@ -101,9 +101,11 @@ async def create_measure_pool(database_url: str, *, max_size: int = 4) -> asyncp
 class EnqueueWakeups:
     """One LISTEN connection per database, fanning `shoal_jobs` notifications out to loops.
 
-    Enqueues notify with the queue's name, and so do `shoal queue pause/resume` and a
-    reconcile that changes the queue row: a burst, a queue at zero getting its first job and
-    a resumed queue all tick the loop at once instead of at the next poll.
+    Enqueues notify with the queue's name when someone waits for the queue's jobs, and so do
+    `shoal queue pause/resume` and a reconcile that changes the queue row. Idle workers wait;
+    so does this connection for a queue whose last reading found no ready job (it holds the
+    queue's waiter lock, sql/015_waiter_locks.sql), so that a queue at zero getting its first
+    job, and a resumed queue, tick the loop at once instead of at the next poll.
     """
 
     def __init__(self, database_url: str) -> None:
@@ -111,6 +113,8 @@ class EnqueueWakeups:
         self.events: dict[str, set[asyncio.Event]] = {}
         self.conn: asyncpg.Connection | None = None
         self._connecting = asyncio.Lock()  # many loops share one listener: connect it once
+        self.waiting: set[str] = set()  # queues whose waiter lock this connection holds
+        self._locking = asyncio.Lock()  # one lock change at a time on the connection
 
     def subscribe(self, queue: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -120,6 +124,29 @@ class EnqueueWakeups:
     def unsubscribe(self, queue: str, event: asyncio.Event) -> None:
         self.events.get(queue, set()).discard(event)
 
+    async def wait_for_jobs(self, queue: str, waiting: bool) -> None:
+        """Hold (True) or let go (False) the queue's waiter lock, once. A failed change closes the
+        connection (whether the lock is held is then unknown; a new session holds none)."""
+        async with self._locking:
+            conn = self.conn
+            if conn is None or conn.is_closed():
+                return
+            try:
+                for gone in [q for q in self.waiting if not self.events.get(q)]:  # no loop left for it
+                    self.waiting.discard(gone)
+                    await conn.fetchval(queries.STOP_WAITING, gone)
+                if (queue in self.waiting) is waiting:
+                    return
+                if waiting:
+                    await conn.fetchval(queries.WAIT_FOR_JOBS, queue)
+                    self.waiting.add(queue)
+                else:
+                    self.waiting.discard(queue)
+                    await conn.fetchval(queries.STOP_WAITING, queue)
+            except Exception:
+                await self.close()
+                raise
+
     async def ensure_connected(self) -> None:
         if self.conn is not None and not self.conn.is_closed():
             return
@@ -128,7 +155,7 @@ class EnqueueWakeups:
                 return
             conn = await asyncpg.connect(self.database_url)
             await conn.add_listener("shoal_jobs", self._on_notify)
-            self.conn = conn
+            self.conn, self.waiting = conn, set()
         for events in self.events.values():  # we may have missed some while disconnected
             for event in events:
                 event.set()
@@ -141,4 +168,4 @@ class EnqueueWakeups:
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 await self.conn.close()
-            self.conn = None
+            self.conn, self.waiting = None, set()

@@ -4,7 +4,7 @@ It decides how many to claim (free slots, claiming ahead for short jobs) and how
 short jobs on a queue without limits, leased otherwise), obeys the queue's throttling (rate
 limit, pause, concurrency limit), runs a suspect job alone, gives rate-limited jobs a start
 window, and sleeps on LISTEN/NOTIFY (with a polling fallback) when there is nothing to do,
-once the database knows it waits (sql/011_wake_gate.sql: enqueues notify only waiting workers).
+once enqueues know it waits (sql/015_waiter_locks.sql: enqueues notify only waiting workers).
 Two claimer coroutines share one Claimer: while one claim is on the server the other can be.
 
 Touches: puts into the job buffer (and `start_by`), `Shared.claimed` (adds), the sink's
@@ -52,10 +52,12 @@ class Claimer:
         self._task_info = tasks.get
         self.claiming = 0  # jobs asked for by claims in flight
         self._backlog = False  # the last claim came back full: more jobs are likely ready
-        # Wake-ups (sql/011_wake_gate.sql): what this worker last told the database (None: not
-        # yet), how many writes of it so far, at which of them the barrier last passed (it may
-        # sleep until notified while no write came since), and one writer at a time (two claimers).
-        self._waiting: bool | None = None
+        # Wake-ups (sql/015_waiter_locks.sql): the listener session holding the queue's waiter lock
+        # (None: not held), the transaction id taken after the lock, how many changes of it so far, at
+        # which of them the barrier last passed (it may sleep until notified while no change came
+        # since), and one change at a time (two claimers).
+        self._held_on: asyncpg.Connection | None = None
+        self._since = ""
         self._said = 0
         self._cleared_at: int | None = None
         self._saying = asyncio.Lock()
@@ -165,11 +167,9 @@ class Claimer:
             if throttled is not None:
                 await self._throttled(throttled["task"], throttled["run_at"])
             elif got:
-                if self._backlog and self._waiting is not False:
-                    try:  # a backlog to work through: enqueues need not notify this worker
-                        await self._say_waiting(False)
-                    except Exception as exc:  # it stays notified: only a cost
-                        shared.db_lost("saying this worker has a backlog", exc)
+                if self._backlog and self._held_on is not None:
+                    # A backlog to work through: enqueues need not notify this worker.
+                    await self._say_waiting(False)
             elif suspect:
                 shared.suspects = False  # none left (or another worker has them)
             elif not executor.busy:
@@ -181,38 +181,59 @@ class Claimer:
                 await shared.sleep(cfg.poll_interval, slot_freed)
 
     async def _ready_to_sleep(self) -> bool:
-        """May this idle worker sleep until a notification? Only once its `waiting` is committed,
-        no enqueue that read it before is still uncommitted (the barrier), and it has looked at
-        the queue once more since: False until then, and the caller claims again
-        (sql/011_wake_gate.sql has the race this closes)."""
-        if self._waiting is True and self._cleared_at == self._said:
+        """May this idle worker sleep until a notification? Only once its listener holds the
+        queue's waiter lock, every transaction older than that has ended (the barrier: an
+        enqueue that found no waiter had its transaction id before, so it is one of them),
+        and it has looked at the queue once more since: False until then, and the caller
+        claims again (sql/015_waiter_locks.sql has the race this closes)."""
+        listener = self.keeper.listener
+        if (self._held_on is not None and self._held_on is listener and not listener.is_closed()
+                and self._cleared_at == self._said):
             return True
         shared = self.shared
         try:
-            if self._waiting is not True:
+            if self._held_on is None or self._held_on is not listener:
                 await self._say_waiting(True)
+            if self._held_on is None:  # no listener: the keeper opens one, then wakes us
+                await shared.sleep(min(1.0, self.config.poll_interval), shared.wake)
+                return False
             said = self._said
-            if await self.pool.fetchval(queries.WAKE_BARRIER, self.config.queue):
-                self._cleared_at = said  # void if another claimer wrote meanwhile (a backlog said false)
+            if await self.pool.fetchval(queries.WAKE_BARRIER, self._since):
+                self._cleared_at = said  # void if another claimer changed it meanwhile (a backlog)
                 self._barrier_retry.succeeded()
-            else:  # an enqueue is between its read and its commit: look again shortly
+            else:  # a transaction that may have missed the lock is still open: look again shortly
                 await shared.sleep(self._barrier_retry.failed(), shared.wake)
         except Exception as exc:  # the claim that follows finds out whether the database is back
-            self._waiting = None
             shared.db_lost("saying this worker waits for jobs", exc)
             await shared.sleep(min(1.0, self.config.poll_interval))
         return False
 
     async def _say_waiting(self, waiting: bool) -> None:
-        """Tell the database whether enqueues should notify this worker (shoal.workers.waiting).
-        One write at a time, so that what we last wrote is what the row says."""
+        """Take (True) or let go (False) the queue's waiter lock on the keeper's listener, whose
+        session ends with it. One change at a time, so that the lock is held once; when a change
+        fails, whether the lock is held is unknown and the listener is closed (the keeper opens
+        a new one, without it)."""
         async with self._saying:
-            if self._waiting is waiting:
+            listener = self.keeper.listener
+            held = self._held_on is not None and self._held_on is listener
+            if held is waiting:
+                self._held_on = listener if held else None
                 return
-            self._waiting = None  # unknown until written
+            self._held_on = None
             self._said += 1
-            await self.pool.execute(queries.WORKER_WAITING, self.config.worker_id, waiting)
-            self._waiting = waiting
+            if listener is None or listener.is_closed():
+                return
+            try:
+                if waiting:
+                    self._since = await listener.fetchval(queries.WAIT_FOR_JOBS, self.config.queue)
+                    self._held_on = listener
+                else:
+                    await listener.fetchval(queries.STOP_WAITING, self.config.queue)
+            except Exception as exc:
+                self.keeper.drop_listener()
+                if waiting:
+                    raise
+                self.shared.db_lost("saying this worker has a backlog", exc)
 
     async def _throttled(self, reason: str, until: float | None) -> None:
         cfg, shared = self.config, self.shared

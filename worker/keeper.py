@@ -69,10 +69,7 @@ class Keeper:
                 shared.db_back()
             except Exception as exc:  # never let the keeper die: it is what keeps our jobs ours
                 shared.db_lost("heartbeat", exc)
-                if self.listener is not None:
-                    with contextlib.suppress(Exception):
-                        self.listener.terminate()
-                    self.listener = None
+                self.drop_listener()
             # Plain sleep: the keeper must go on beating while running jobs drain after a stop.
             await asyncio.sleep(cfg.heartbeat_interval if shared.db_ok else min(1.0, cfg.heartbeat_interval))
 
@@ -175,6 +172,14 @@ class Keeper:
                 deleted = await conn.fetchval(queries.PRUNE, 1000)
                 if deleted:
                     log.info("pruned expired jobs", extra={"deleted": deleted})
+
+    def drop_listener(self) -> None:
+        """Close the listener at once (its session's locks go with it); the next turn of the loop
+        opens a new one."""
+        if self.listener is not None:
+            with contextlib.suppress(Exception):
+                self.listener.terminate()
+            self.listener = None
 
     async def _ensure_listener(self) -> None:
         if self.listener is not None and not self.listener.is_closed():

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from helpers import eventually, running_worker
-from shoal import client, producer, queues
+from shoal import client, producer, queries, queues
 from shoal.client import Client, NewJob
 from shoal.errors import UnknownQueueError, ValidationError
 from shoal.tasks import Job, TaskRegistry, task
@@ -175,11 +175,11 @@ async def test_wakes_listeners_once_per_queue_at_commit(db_url: str, conn: async
                                                         copy_only: list[int]) -> None:
     await queues.declare_queue(conn, "n1")
     await queues.declare_queue(conn, "n2")
-    for queue in ("n1", "n2"):  # a live worker on each (its `waiting` unknown: notified; sql/011_wake_gate.sql)
-        await conn.execute("SELECT shoal.heartbeat($1, $2, 'host', 1, 0, 0)", f"w-{queue}", queue)
     listener = await asyncpg.connect(db_url)
     heard: list[str] = []
     await listener.add_listener("shoal_jobs", lambda _c, _pid, _channel, payload: heard.append(payload))
+    for queue in ("n1", "n2"):  # an idle worker on each (sql/015_waiter_locks.sql)
+        await listener.fetchval(queries.WAIT_FOR_JOBS, queue)
     try:
         async with conn.transaction():
             await client.enqueue_many(conn, [NewJob("n1" if i % 2 else "n2", "t") for i in range(BIG)])

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 import pytest
@@ -23,7 +24,7 @@ from shoal.errors import ValidationError
 from shoal.scaler.cli import up_policy
 from shoal.scaler.decision import Policy
 from shoal.scaler.local import LocalWorkers, local_autoscaler
-from shoal.scaler.loop import EnqueueWakeups, TickReport, create_measure_pool
+from shoal.scaler.loop import EnqueueWakeups, FixedSource, TickReport, create_measure_pool
 
 FAST = ["--heartbeat-interval", "0.5", "--stale-after", "3", "--poll-interval", "0.2"]
 
@@ -38,14 +39,15 @@ def flags(min_workers: int, max_workers: int, concurrency: int, scale_down_delay
                                         scale_down_delay=scale_down_delay))
 
 
-async def start(db_url: str, queue: str, policy: Policy, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def start(db_url: str, queue: str, policy: Policy, tmp_path: Path,  # type: ignore[no-untyped-def]
+                interval: float = 0.3):
     """`shoal up`'s loop and workers for `queue`, running; returns (workers, scaler, close)."""
     os.environ["PYTHONPATH"] = str(TESTS_DIR)
     pool = await create_measure_pool(db_url)
     workers = LocalWorkers(db_url, queue, concurrency=policy.concurrency, tasks=["worker_tasks"],
                            extra_args=FAST, log_dir=str(tmp_path))
     wakeups = EnqueueWakeups(db_url)
-    scaler = local_autoscaler(workers, pool, policy, interval=0.3, wakeups=wakeups)
+    scaler = local_autoscaler(workers, pool, policy, interval=interval, wakeups=wakeups)
     stop = asyncio.Event()
     task = asyncio.create_task(scaler.run(stop))
 
@@ -148,5 +150,30 @@ async def test_up_never_scales_a_paused_queue_up(db_url: str, conn: asyncpg.Conn
         await eventually(lambda: asyncio.sleep(0, len(workers.procs) == 3), timeout=30)
         await eventually(lambda: succeeded(conn, 100), timeout=60, interval=0.3)
         assert not any(t.scaled and t.decision.direction == "up" for t in seen if t.measurement.paused)
+    finally:
+        await close()
+
+
+@pytest.mark.slow
+async def test_a_queue_at_zero_scales_up_on_its_first_job_at_once(db_url: str, conn: asyncpg.Connection,
+                                                                  tmp_path: Path) -> None:
+    """The loop here ticks every 30 s unless woken. While its last reading found no ready job, its
+    listener holds the queue's waiter lock (sql/015_waiter_locks.sql), so the first enqueue
+    notifies it and a worker runs the job within seconds; once jobs are ready it lets go."""
+    await queues.declare_queue(conn, "first", keep_succeeded_seconds=3600)
+    workers, scaler, close = await start(db_url, "first", flags(0, 2, 5, 30.0), tmp_path, interval=30)
+    wakeups = cast(FixedSource, scaler.source).wakeups
+    assert wakeups is not None
+    seen: list[tuple[TickReport, bool]] = []  # each tick, and whether the lock was held after it
+    scaler.on_tick = lambda report: seen.append((report, "first" in wakeups.waiting))
+    try:
+        await eventually(lambda: asyncio.sleep(0, bool(seen) and seen[-1][1]), timeout=30)
+        ticks = len(seen)
+        job = await client.enqueue(conn, "first", "test.sleep_ms", {"ms": 1})
+        await eventually(lambda: conn.fetchval("SELECT state = 'succeeded' FROM shoal.jobs WHERE id = $1", job),
+                         timeout=20)
+        woken, held = seen[ticks]
+        assert woken.measurement.ready == 1 and woken.decision.desired == 1, woken.decision.reason
+        assert not held, "a tick that saw a ready job lets the lock go"
     finally:
         await close()
