@@ -230,7 +230,7 @@ class Claimer:
                 else:
                     await listener.fetchval(queries.STOP_WAITING, self.config.queue)
             except Exception as exc:
-                self.keeper.drop_listener()
+                self.keeper.drop_listener(listener)
                 if waiting:
                     raise
                 self.shared.db_lost("saying this worker has a backlog", exc)

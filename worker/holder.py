@@ -23,6 +23,7 @@ import asyncpg
 from shoal import queries
 from shoal.worker.completer import Completer
 from shoal.worker.held import HOLD_BUDGET, HeldBatch, close_plan
+from shoal.worker.known_types import share_array_codecs
 from shoal.worker.outcome import outcome_columns
 from shoal.worker.state import Shared
 
@@ -159,6 +160,8 @@ async def prepare_statements(conn: asyncpg.Connection) -> None:
     connection and waits for the server's answer before it binds: a worker stopped in between
     left its session "active", not idle, so idle_in_transaction_session_timeout never ended it
     and the batch stayed locked (the SIGSTOP test, 1 run in 3). Prepared here, they are one
-    message each."""
+    message each. First the array codecs they need, without asking the server again
+    (shoal.worker.known_types)."""
+    await share_array_codecs(conn)
     await conn.execute(queries.FINISH_HELD_TRACED, "", "", -1, datetime.now(UTC), [], [], [], [], [], [], [])
     await conn.execute(queries.HELD_CRASHED, "", -1, [])

@@ -173,10 +173,10 @@ class Keeper:
                 if deleted:
                     log.info("pruned expired jobs", extra={"deleted": deleted})
 
-    def drop_listener(self) -> None:
-        """Close the listener at once (its session's locks go with it); the next turn of the loop
-        opens a new one."""
-        if self.listener is not None:
+    def drop_listener(self, listener: asyncpg.Connection | None = None) -> None:
+        """Close the listener (`listener`, if it still is the one) at once: its session's locks go
+        with it. The next turn of the loop opens a new one."""
+        if self.listener is not None and (listener is None or listener is self.listener):
             with contextlib.suppress(Exception):
                 self.listener.terminate()
             self.listener = None
