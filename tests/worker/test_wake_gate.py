@@ -104,10 +104,10 @@ async def test_the_barrier_holds_until_producers_that_missed_the_lock_commit(db_
             await c.close()
 
 
-async def _waiter_lock_held(conn: asyncpg.Connection) -> bool:
+async def _waiter_lock_held(conn: asyncpg.Connection, queue: str = "idle") -> bool:
     return bool(await conn.fetchval(
         "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted "
-        "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = shoal.waiter_key('idle')"))
+        "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = shoal.waiter_key($1)", queue))
 
 
 async def _waiter_lock_free(conn: asyncpg.Connection) -> bool:
@@ -139,4 +139,33 @@ async def test_an_idle_worker_is_notified_and_a_busy_one_costs_no_notify(db_url:
         proc.terminate()
         proc.wait(20)
         await listener.close()
+    assert proc.returncode == 0, (tmp_path / "w.log").read_text()[-2000:]
+
+
+async def test_a_long_transaction_elsewhere_does_not_delay_an_idle_worker(db_url: str, conn: asyncpg.Connection,
+                                                                         tmp_path: Path) -> None:
+    """A transaction that stays open keeps an idle worker's barrier from passing (it might be a
+    producer that missed the lock), so the worker keeps looking every 10-250 ms instead of
+    sleeping; its waiter lock is held all the while, so an enqueue still wakes it at once, and
+    once the transaction ends it sleeps on notifications again."""
+    await queues.declare_queue(conn, "open", keep_succeeded_seconds=3600)
+    other = await asyncpg.connect(db_url)
+    tx = other.transaction()
+    await tx.start()
+    await other.fetchval("SELECT pg_current_xact_id()")  # a writer, open before the worker starts
+    proc = spawn_worker(db_url, "open", "--concurrency", "2", "--poll-interval", "30", log_path=tmp_path / "w.log")
+    try:
+        await eventually(lambda: _waiter_lock_held(conn, "open"), timeout=30)
+        for _ in range(3):
+            job = await client.enqueue(conn, "open", "shoal.noop")
+            await eventually(lambda job=job: conn.fetchval(
+                "SELECT state = 'succeeded' FROM shoal.jobs WHERE id = $1", job), timeout=10)
+        await tx.rollback()
+        job = await client.enqueue(conn, "open", "shoal.noop")
+        await eventually(lambda: conn.fetchval("SELECT state = 'succeeded' FROM shoal.jobs WHERE id = $1", job),
+                         timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        await other.close()
     assert proc.returncode == 0, (tmp_path / "w.log").read_text()[-2000:]
