@@ -21,7 +21,7 @@ from shoal import queries, tracing
 from shoal.copy_rows import COPY_CHUNK, COPY_HEADER, COPY_TRAILER, CopyRows, no_unique_keys, plain_queue_names
 from shoal.errors import UnknownQueueError
 from shoal.jobs import Executor, NewJob
-from shoal.validation import Batch, Row, translate_errors, translated, validate
+from shoal.validation import Batch, Row, translate_errors, validate
 
 # Batches of at least this many jobs, none with a unique key, are written with COPY
 # (`_enqueue_copy`); smaller ones with one call to shoal.enqueue_many. COPY costs three more
@@ -88,15 +88,9 @@ async def _enqueue_insert(db: Executor, batch: Batch) -> list[int]:
     if not batch.rows:
         return []
     one = one_args(batch.rows[0]) if len(batch.rows) == 1 else None
-    if one is not None:
-        try:  # (translate_errors, without a context manager on the web request's path)
-            return [unknown_queue_if_none(await db.fetchval(queries.ENQUEUE_ONE, *one), one[0])]
-        except asyncpg.PostgresError as exc:
-            error = translated(exc, 1)
-            if error is None:
-                raise
-            raise error from None
     with translate_errors(len(batch.rows)):
+        if one is not None:
+            return [unknown_queue_if_none(await db.fetchval(queries.ENQUEUE_ONE, *one), one[0])]
         rows = await db.fetch(queries.ENQUEUE_MANY, *insert_args(batch))
     return [r["id"] for r in rows]
 
