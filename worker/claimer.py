@@ -186,14 +186,11 @@ class Claimer:
         enqueue that found no waiter had its transaction id before, so it is one of them),
         and it has looked at the queue once more since: False until then, and the caller
         claims again (sql/015_waiter_locks.sql has the race this closes)."""
-        listener = self.keeper.listener
-        if (self._held_on is not None and self._held_on is listener and not listener.is_closed()
-                and self._cleared_at == self._said):
+        if self._holds_lock() and self._cleared_at == self._said:
             return True
         shared = self.shared
         try:
-            if self._held_on is None or self._held_on is not listener:
-                await self._say_waiting(True)
+            await self._say_waiting(True)
             if self._held_on is None:  # no listener: the keeper opens one, then wakes us
                 await shared.sleep(min(1.0, self.config.poll_interval), shared.wake)
                 return False
@@ -208,6 +205,11 @@ class Claimer:
             await shared.sleep(min(1.0, self.config.poll_interval))
         return False
 
+    def _holds_lock(self) -> bool:
+        """Whether the keeper's listener, still open, holds the queue's waiter lock for us."""
+        listener = self.keeper.listener
+        return listener is not None and not listener.is_closed() and self._held_on is listener
+
     async def _say_waiting(self, waiting: bool) -> None:
         """Take (True) or let go (False) the queue's waiter lock on the keeper's listener, whose
         session ends with it. One change at a time, so that the lock is held once; when a change
@@ -215,9 +217,10 @@ class Claimer:
         a new one, without it)."""
         async with self._saying:
             listener = self.keeper.listener
-            held = self._held_on is not None and self._held_on is listener
+            held = self._holds_lock()
             if held is waiting:
-                self._held_on = listener if held else None
+                if not held:
+                    self._held_on = None  # (a listener since closed or replaced: nothing to let go)
                 return
             self._held_on = None
             self._said += 1
