@@ -195,8 +195,12 @@ class Fleet:
         proc = self.procs[slot]
         if kind == "term":
             self.retired.add(slot)  # an operator stopping it: not restarted
+        # A signal that ends or freezes the process is stamped after it is sent (nothing the
+        # process does comes after that stamp); SIGCONT before it, since the process may resume and
+        # start a run before this one reads the clock, and the judge counts runs after the SIGCONT.
+        sent_at = time.time()
         proc.send_signal(sig)
-        fault = Fault(kind, time.time(), proc.pid)
+        fault = Fault(kind, sent_at if kind == "cont" else time.time(), proc.pid)
         self.faults.append(fault)
         return fault
 
