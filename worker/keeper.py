@@ -184,9 +184,15 @@ class Keeper:
     async def _ensure_listener(self) -> None:
         if self.listener is not None and not self.listener.is_closed():
             return
-        self.listener = await asyncpg.connect(self.config.database_url)
-        await self.listener.add_listener("shoal_jobs", self._on_jobs)
-        await self.listener.add_listener("shoal_cancel", self._on_cancel)
+        listener = await asyncpg.connect(self.config.database_url)
+        try:
+            await listener.add_listener("shoal_jobs", self._on_jobs)
+            await listener.add_listener("shoal_cancel", self._on_cancel)
+        except BaseException:
+            listener.terminate()
+            raise
+        # Published once listening: the claimer sends its waiter lock on it (one query at a time).
+        self.listener = listener
         self.shared.wake.set()  # we may have missed notifications while disconnected
 
     def _on_jobs(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
