@@ -36,10 +36,11 @@ FULL_SCAN_EVERY = 1.0
 
 
 class Holder:
-    def __init__(self, shared: Shared, pool: asyncpg.Pool, completer: Completer) -> None:
+    def __init__(self, shared: Shared, pool: asyncpg.Pool, held_pool: asyncpg.Pool, completer: Completer) -> None:
         self.shared = shared
         self.config = shared.config
-        self.pool = pool
+        self.pool = pool  # announcements (HOLD_BATCH), shared with the other roles
+        self.held_pool = held_pool  # the batches' own connections (init: prepare_statements)
         self.completer = completer
         self.batches: dict[int, HeldBatch] = {}  # open held batches by number
         self.off_until = 0.0  # the queue has limits or is paused: leased claims only until then
@@ -49,14 +50,14 @@ class Holder:
     async def open(self, limit: int) -> tuple[list[Any] | None, HeldBatch | None]:
         """Lock up to `limit` jobs in a new held batch. (None, None): claim leased instead."""
         cfg = self.config
-        conn = await self.pool.acquire()
+        conn = await self.held_pool.acquire()
         transaction = conn.transaction()
         try:
             await transaction.start()
             rows = await conn.fetch(queries.CLAIM_HELD, cfg.queue, limit, FULL_SCAN_EVERY)
             if not rows or rows[0]["id"] is None:
                 await transaction.rollback()
-                await self.pool.release(conn)
+                await self.held_pool.release(conn)
                 if rows:  # limited or paused: the leased claim knows what to do, and when
                     self.off_until = time.monotonic() + cfg.poll_interval * 5
                     return None, None
@@ -72,7 +73,7 @@ class Holder:
                 # alone (leased), where a job that kills its worker runs out of attempts.
                 await conn.execute(queries.HELD_CRASHED, cfg.worker_id, batch.no, died)
                 await transaction.commit()
-                await self.pool.release(conn)
+                await self.held_pool.release(conn)
                 log.warning("jobs of a held batch whose worker died go back to run alone",
                             extra={"jobs": len(died)})
                 self.shared.suspects = True
@@ -85,6 +86,17 @@ class Holder:
         self._closers.add(closer)
         closer.add_done_callback(self._closers.discard)
         return rows, batch
+
+    def may_hold(self) -> bool:
+        """Whether this worker's claims may be held (not on a queue with limits)."""
+        return self.config.held_claims and not self.shared.rate_limited
+
+    async def warm(self) -> None:
+        """Open a held batch's connection ahead of the first held claim. A new backend's first
+        statements cost it several ms (catalog caches, planning); opened while the first, leased
+        claim is on its way, they are off the path of a backlog's first held claim."""
+        with contextlib.suppress(Exception):  # a failure here is met again, and handled, by open()
+            await self.held_pool.release(await self.held_pool.acquire())
 
     def close_soon(self) -> None:
         """Close every open batch now (each commits from its own task)."""
@@ -136,7 +148,7 @@ class Holder:
             return
         finally:
             self.batches.pop(batch.no, None)
-        await self.pool.release(batch.conn)
+        await self.held_pool.release(batch.conn)
         for job_id in batch.ids:
             sink.batch_of.pop(job_id, None)
         for job_id in plan.released:
@@ -151,17 +163,27 @@ class Holder:
         with contextlib.suppress(Exception):
             conn.terminate()
         with contextlib.suppress(Exception):
-            await self.pool.release(conn)
+            await self.held_pool.release(conn)
 
 
 async def prepare_statements(conn: asyncpg.Connection) -> None:
-    """The pool's `init`: prepare, outside any transaction, what a held batch runs inside its
-    transaction (by running it on nothing). asyncpg prepares a statement at its first use on a
-    connection and waits for the server's answer before it binds: a worker stopped in between
-    left its session "active", not idle, so idle_in_transaction_session_timeout never ended it
-    and the batch stayed locked (the SIGSTOP test, 1 run in 3). Prepared here, they are one
-    message each. First the array codecs they need, without asking the server again
+    """The held batches' pool's `init`: prepare, outside any transaction, what a held batch runs
+    inside its transaction. asyncpg prepares a statement at its first use on a connection and
+    waits for the server's answer before it binds: a worker stopped in between left its session
+    "active", not idle, so idle_in_transaction_session_timeout never ended it and the batch
+    stayed locked (the SIGSTOP test, 1 run in 3). Prepared here, they are one message each.
+
+    Only parsed, through asyncpg's statement cache (`_get_statement`, what its `execute` calls
+    first): running them on nothing also compiled their functions, 3 ms of a new backend's time
+    on the way to a backlog's first held claim (8-12 ms with two workers starting at once). On an
+    asyncpg without it, they are run on nothing. First the array codecs they need
     (shoal.worker.known_types)."""
     await share_array_codecs(conn)
-    await conn.execute(queries.FINISH_HELD_TRACED, "", "", -1, datetime.now(UTC), [], [], [], [], [], [], [])
-    await conn.execute(queries.HELD_CRASHED, "", -1, [])
+    try:
+        prepare = conn._get_statement  # noqa: SLF001 - see above
+    except AttributeError:
+        await conn.execute(queries.FINISH_HELD_TRACED, "", "", -1, datetime.now(UTC), [], [], [], [], [], [], [])
+        await conn.execute(queries.HELD_CRASHED, "", -1, [])
+        return
+    for query in (queries.FINISH_HELD_TRACED, queries.HELD_CRASHED):
+        await prepare(query, None)

@@ -40,6 +40,7 @@ from shoal.worker.executor import Executor, TaskTable
 from shoal.worker.held import MAX_HELD, HeldBatch
 from shoal.worker.holder import Holder, prepare_statements
 from shoal.worker.keeper import Keeper
+from shoal.worker.known_types import share_array_codecs
 from shoal.worker.state import Shared
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id", "run_worker", "session_settings", "tune_gc"]
@@ -62,10 +63,10 @@ class _Roles:
     claimer: Claimer
 
     @classmethod
-    def build(cls, shared: Shared, pool: asyncpg.Pool) -> _Roles:
+    def build(cls, shared: Shared, pool: asyncpg.Pool, held_pool: asyncpg.Pool) -> _Roles:
         tasks = TaskTable(shared.config)
         completer = Completer(shared, pool)
-        holder = Holder(shared, pool, completer)
+        holder = Holder(shared, pool, held_pool, completer)
         keeper = Keeper(shared, pool, holder)
         executor = Executor(shared, pool, keeper, tasks)
         return cls(completer, holder, keeper, executor, Claimer(shared, pool, holder, keeper, executor, tasks))
@@ -110,9 +111,9 @@ class Worker:
     async def run(self) -> None:
         """Run until `request_stop()`; then drain, release and return."""
         cfg, shared = self.config, self.shared
-        pool = await self._connect_pool()
+        pool, held_pool = await self._connect_pools()
         await self._check_setup(pool)
-        roles = self._roles = _Roles.build(shared, pool)
+        roles = self._roles = _Roles.build(shared, pool, held_pool)
         await roles.keeper.beat()
         health = None
         if cfg.metrics_port is not None:
@@ -123,10 +124,13 @@ class Worker:
             log.info("serving /metrics, /healthz, /readyz", extra={"port": port})
         log.info("worker started", extra={"queue": cfg.queue, "worker_id": cfg.worker_id,
                                           "concurrency": cfg.concurrency})
-        runners = [asyncio.create_task(roles.executor.runner()) for _ in range(cfg.concurrency)]
         # Two claimers: while one claim is on the server the other can be too (SKIP LOCKED keeps
-        # them apart), so a fast queue keeps both database cores busy.
+        # them apart), so a fast queue keeps both database cores busy. Started before the runners,
+        # so that the first claim is on its way while they start.
         loops = [asyncio.create_task(c) for c in (roles.claimer.run(), roles.claimer.run(), roles.keeper.run())]
+        if roles.holder.may_hold():
+            loops.append(asyncio.create_task(roles.holder.warm()))
+        runners = [asyncio.create_task(roles.executor.runner()) for _ in range(cfg.concurrency)]
         completer = asyncio.create_task(roles.completer.run())
         try:
             await shared.stopping.wait()
@@ -139,22 +143,30 @@ class Worker:
             await roles.holder.close_all(timeout=30)  # runners are gone: nothing more will start
             await roles.completer.final_flush()
             await roles.keeper.close()
+            await held_pool.close()
             await pool.close()
             if health:
                 await health.stop()
             log.info("worker stopped", extra={"worker_id": cfg.worker_id})
 
-    async def _connect_pool(self) -> asyncpg.Pool:
+    async def _connect_pools(self) -> tuple[asyncpg.Pool, asyncpg.Pool]:
+        """The roles' pool, and the held batches' own: only their connections pay for preparing
+        what a held batch runs (a few ms of a new backend's time, on the way to a first held claim)."""
         backoff = LoopBackoff(base=0.5, cap=10)
+        settings = session_settings(self.config.stale_after)
         while True:
             try:
-                # Two claimers, the completer, the keeper, the held batches' announcements (HOLD_BATCH,
-                # sent while the claim keeps its batch's connection), and one connection per open held
-                # batch. min_size 0: asyncpg would log a traceback per attempt to restore a floor
-                # during an outage.
-                return await asyncpg.create_pool(self.config.database_url, min_size=0, max_size=5 + MAX_HELD,
-                                                 reset=_keep_session, init=prepare_statements,
-                                                 server_settings=session_settings(self.config.stale_after))
+                # Two claimers, the completer, the keeper, and the held batches' announcements
+                # (HOLD_BATCH, sent while the claim keeps its batch's connection); then one connection
+                # per open held batch. min_size 0: asyncpg would log a traceback per attempt to restore
+                # a floor during an outage.
+                pool = await asyncpg.create_pool(self.config.database_url, min_size=0, max_size=5,
+                                                 reset=_keep_session, init=share_array_codecs,
+                                                 server_settings=settings)
+                held_pool = await asyncpg.create_pool(self.config.database_url, min_size=0, max_size=MAX_HELD,
+                                                      reset=_keep_session, init=prepare_statements,
+                                                      server_settings=settings)
+                return pool, held_pool
             except _REFUSED as exc:
                 raise ConfigError(f"the database refused the worker's credentials ({exc}): check the user "
                                   "and password in --database-url / SHOAL_DATABASE_URL (on Kubernetes, the "

@@ -17,7 +17,7 @@ from shoal.client import NewJob
 from shoal.worker import holder as holder_module
 from shoal.worker.completer import Completer
 from shoal.worker.config import WorkerConfig
-from shoal.worker.holder import Holder
+from shoal.worker.holder import Holder, prepare_statements
 from shoal.worker.state import Shared
 
 # claim_held's last argument: seconds between the queue's full scans (0: this claim scans fully).
@@ -124,7 +124,8 @@ async def test_one_claim_of_the_queue_scans_fully_each_second(db_url: str, conn:
     assert released == ids[:4]
     shared = Shared(WorkerConfig(db_url, "pw").validate())
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=8)
-    holder = Holder(shared, pool, Completer(shared, pool))
+    held_pool = await asyncpg.create_pool(db_url, min_size=0, max_size=2, init=prepare_statements)
+    holder = Holder(shared, pool, held_pool, Completer(shared, pool))
     other = await sessions.open()  # another worker's claim, at the same time
     try:
         async def opened() -> list[int]:
@@ -147,5 +148,6 @@ async def test_one_claim_of_the_queue_scans_fully_each_second(db_url: str, conn:
     finally:
         shared.stopping.set()
         await holder.close_all(5)
+        await held_pool.close()
         await pool.close()
         await old.execute("COMMIT")

@@ -1,0 +1,62 @@
+"""The worker's array codecs are given to its connections instead of asked of the server:
+asking cost each new connection round trips and a catalog query while a backlog starts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shoal.worker import known_types
+
+
+@pytest.fixture
+async def asked(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[list[int]]]:
+    """The type OIDs asyncpg asks the server about (it still asks: this only listens)."""
+    calls: list[list[int]] = []
+    real = asyncpg.Connection._introspect_types
+
+    async def listening(self: asyncpg.Connection, typeoids: Any, timeout: Any) -> Any:
+        calls.append(sorted(typeoids))
+        return await real(self, typeoids, timeout)
+
+    monkeypatch.setattr(asyncpg.Connection, "_introspect_types", listening)
+    yield calls
+
+
+async def roundtrip(conn: asyncpg.Connection) -> None:
+    assert await conn.fetchval("SELECT $1::bigint[]", [1, 2**62, None]) == [1, 2**62, None]
+    assert await conn.fetchval("SELECT $1::float8[] || 'Infinity'::float8", [0.5, -2.0]) == [0.5, -2.0, float("inf")]
+    assert await conn.fetchval("SELECT array[3, 4]::bigint[]") == [3, 4]
+
+
+async def test_a_worker_connection_sends_and_reads_its_arrays_without_asking(db_url: str,
+                                                                            asked: list[list[int]]) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await known_types.share_array_codecs(conn)
+        await roundtrip(conn)
+    finally:
+        await conn.close()
+    assert asked == []
+    plain = await asyncpg.connect(db_url)  # without them, asyncpg asks (what this saves)
+    try:
+        await roundtrip(plain)
+    finally:
+        await plain.close()
+    assert asked
+
+
+async def test_a_description_asyncpg_refuses_is_replaced_by_the_servers_once(
+        db_url: str, asked: list[list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(known_types, "_rows", [{"oid": known_types.INT8_ARRAY}])  # as if asyncpg wanted more
+    for _ in range(2):
+        conn = await asyncpg.connect(db_url)
+        try:
+            await known_types.share_array_codecs(conn)
+            await roundtrip(conn)
+        finally:
+            await conn.close()
+    assert asked == [[known_types.INT8_ARRAY, known_types.FLOAT8_ARRAY]]
