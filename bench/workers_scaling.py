@@ -5,7 +5,7 @@ For each process count N, on one server and in one run:
 - **shoal**: `--jobs` no-op jobs (`shoal.noop`, 1,000,000 by default) are written straight into
   shoal.jobs (`INSERT … SELECT generate_series`), `VACUUM ANALYZE` + `CHECKPOINT`, then N real
   `shoal worker --concurrency 50` processes (python -m shoal.cli, as `shoal.testing.workers` starts
-  them) drain the queue;
+  them; `--concurrency` sets another, e.g. 500 as in the drain sprint) drain the queue;
 - **bare**: the bare reference loop of bench/peers/bare_bench.py (claim-and-delete, 100 rows per
   claim, two claim loops per process, at-most-once, no features) on the same number of jobs in its
   own table, with N processes.
@@ -59,7 +59,7 @@ QUEUE = "scale"
 CONCURRENCY = 50
 WINDOW = (0.05, 0.85)  # the steady window, as fractions of the backlog done
 EXPLAIN_AT = (0.3, 0.4, 0.5, 0.6, 0.7)  # one claim under EXPLAIN at these fractions done
-CLAIM_ROWS = {"shoal": 3 * CONCURRENCY, "bare": 100}  # rows one claim asks for (shoal: its capacity)
+BARE_CLAIM_ROWS = 100  # rows one claim of the bare loop asks for (Shoal's: its capacity, 3 x concurrency)
 
 # The claim each system sends, as a plain SELECT ... FOR UPDATE SKIP LOCKED for EXPLAIN (shoal's:
 # the quick claim of sql/013_claim_past_held.sql, which a worker sends between full scans).
@@ -128,14 +128,14 @@ def process_cpu(procs: list[psutil.Process]) -> float:
 # --------------------------------------------------------------------------- the two systems
 
 
-def spawn(system: str, url: str, n: int) -> list[subprocess.Popen[bytes]]:
+def spawn(system: str, url: str, n: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
     """N worker processes. Shoal's as `shoal.testing.workers.spawn_worker` starts them, with a
     safe sys.path (the repository's `operator/` folder must not shadow the standard library);
     the bare loop's through its adapter, which imports `_common` from its own folder."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
     if system == "shoal":
         argv = [sys.executable, "-m", "shoal.cli", "--log-level", "warning", "worker", "--queue", QUEUE,
-                "--concurrency", str(CONCURRENCY)]
+                "--concurrency", str(concurrency)]
         env |= {"SHOAL_DATABASE_URL": url, "PYTHONSAFEPATH": "1"}
     else:
         argv = [sys.executable, str(BARE), "worker", "--url", url]
@@ -180,13 +180,13 @@ async def db_stats(conn: asyncpg.Connection) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()}
 
 
-async def explain_claim(url: str, system: str) -> dict[str, Any]:
+async def explain_claim(url: str, system: str, concurrency: int) -> dict[str, Any]:
     """One claim, as the system sends it, under EXPLAIN (ANALYZE, BUFFERS), rolled back: the rows
     its index scan fetched beyond the LIMIT are rows other workers hold locked (SKIP LOCKED steps
     over them one heap fetch each; Shoal's quick claim filters them out before trying a lock) or
     dead rows the index still points at."""
     conn = await asyncpg.connect(url)
-    n = CLAIM_ROWS[system]
+    n = 3 * concurrency if system == "shoal" else BARE_CLAIM_ROWS
     tx = conn.transaction()
     await tx.start()
     try:
@@ -222,7 +222,7 @@ def _median_claim(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 async def drain(conn: asyncpg.Connection, url: str, cpu: ServerCpu | None, system: str, n: int,
-                jobs: int) -> dict[str, Any]:
+                jobs: int, concurrency: int) -> dict[str, Any]:
     log(f"[{system} x{n}] filling {jobs:,} jobs")
     first, _ = await fill(conn, url, system, jobs)
     table = TABLE[system]
@@ -232,7 +232,7 @@ async def drain(conn: asyncpg.Connection, url: str, cpu: ServerCpu | None, syste
     stats0 = await db_stats(conn)
     pg0 = cpu.seconds() if cpu else None
     t0 = time.perf_counter()
-    workers = spawn(system, url, n)
+    workers = spawn(system, url, n, concurrency)
     procs = [psutil.Process(w.pid) for w in workers]
     marks: dict[str, dict[str, float]] = {}
     waits: dict[str, int] = {}
@@ -257,7 +257,7 @@ async def drain(conn: asyncpg.Connection, url: str, cpu: ServerCpu | None, syste
                     left = await conn.fetchval(count)
                     marks[name] = {"t": time.perf_counter(), "left": float(left), "pg": pg, "worker": w}
             if len(explains) < len(EXPLAIN_AT) and done_frac >= EXPLAIN_AT[len(explains)]:
-                explains.append({"done": round(done_frac, 3), **await explain_claim(url, system)})
+                explains.append({"done": round(done_frac, 3), **await explain_claim(url, system, concurrency)})
             if time.perf_counter() >= next_wait_sample:
                 next_wait_sample = time.perf_counter() + 0.5
                 samples += 1
@@ -370,7 +370,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         version = await conn.fetchval("SHOW server_version")
         for n in procs:
             for system in systems:  # alternating, so that the machine's drift falls on both alike
-                results.append(await drain(conn, url, cpu, system, n, args.jobs))
+                results.append(await drain(conn, url, cpu, system, n, args.jobs, args.concurrency))
         await conn.close()
     fits = {}
     for system in systems:
@@ -391,7 +391,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": time.time() - started,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "postgres": version,
                     "python": platform.python_version(), "asyncpg": asyncpg.__version__},
-        "jobs": args.jobs, "concurrency": CONCURRENCY, "window": WINDOW,
+        "jobs": args.jobs, "concurrency": args.concurrency, "window": WINDOW,
         "results": results, "linear_fit_pg_us_per_job": fits,
     }
     return report
@@ -402,6 +402,8 @@ if __name__ == "__main__":
     p.add_argument("--jobs", type=int, default=1_000_000)
     p.add_argument("--procs", default="1,2,4,8", help="comma-separated worker process counts")
     p.add_argument("--systems", default="shoal,bare", help="shoal, bare or both")
+    p.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                   help="each Shoal worker's --concurrency (its claims ask for up to 3x as many rows)")
     p.add_argument("--output", default=str(RESULTS), help="JSON results file ('' for none)")
     cli = p.parse_args()
     result = asyncio.run(main(cli))
