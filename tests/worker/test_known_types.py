@@ -26,26 +26,25 @@ async def asked(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[list[int]
     yield calls
 
 
-async def roundtrip(conn: asyncpg.Connection) -> None:
-    assert await conn.fetchval("SELECT $1::bigint[]", [1, 2**62, None]) == [1, 2**62, None]
-    assert await conn.fetchval("SELECT $1::float8[] || 'Infinity'::float8", [0.5, -2.0]) == [0.5, -2.0, float("inf")]
-    assert await conn.fetchval("SELECT array[3, 4]::bigint[]") == [3, 4]
+async def roundtrip(url: str, *, given: bool = True) -> None:
+    """Send and read the worker's array types on a new connection, given their codecs or not."""
+    conn = await asyncpg.connect(url)
+    try:
+        if given:
+            await known_types.share_array_codecs(conn)
+        assert await conn.fetchval("SELECT $1::bigint[]", [1, 2**62, None]) == [1, 2**62, None]
+        assert await conn.fetchval("SELECT $1::float8[] || 'Infinity'::float8",
+                                   [0.5, -2.0]) == [0.5, -2.0, float("inf")]
+        assert await conn.fetchval("SELECT array[3, 4]::bigint[]") == [3, 4]
+    finally:
+        await conn.close()
 
 
 async def test_a_worker_connection_sends_and_reads_its_arrays_without_asking(db_url: str,
                                                                             asked: list[list[int]]) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        await known_types.share_array_codecs(conn)
-        await roundtrip(conn)
-    finally:
-        await conn.close()
+    await roundtrip(db_url)
     assert asked == []
-    plain = await asyncpg.connect(db_url)  # without them, asyncpg asks (what this saves)
-    try:
-        await roundtrip(plain)
-    finally:
-        await plain.close()
+    await roundtrip(db_url, given=False)  # without them, asyncpg asks (what this saves)
     assert asked
 
 
@@ -53,10 +52,5 @@ async def test_a_description_asyncpg_refuses_is_replaced_by_the_servers_once(
         db_url: str, asked: list[list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(known_types, "_rows", [{"oid": known_types.INT8_ARRAY}])  # as if asyncpg wanted more
     for _ in range(2):
-        conn = await asyncpg.connect(db_url)
-        try:
-            await known_types.share_array_codecs(conn)
-            await roundtrip(conn)
-        finally:
-            await conn.close()
+        await roundtrip(db_url)
     assert asked == [[known_types.INT8_ARRAY, known_types.FLOAT8_ARRAY]]
