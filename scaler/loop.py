@@ -45,7 +45,8 @@ from shoal.backoff import loop_delay
 from shoal.errors import UnknownQueueError
 from shoal.scaler import drain
 from shoal.scaler.decision import Decision, Observation, Policy, ScalerState, decide
-from shoal.scaler.measure import EnqueueWakeups, Measurement, count_cap, create_measure_pool, measure
+from shoal.scaler.measure import Measurement, count_cap, create_measure_pool, measure
+from shoal.scaler.wakeups import EnqueueWakeups
 
 __all__ = ["Autoscaler", "EnqueueWakeups", "FixedSource", "Measurement", "NotReady", "Plan", "ScaleTarget",
            "Source", "TickReport", "create_measure_pool", "measure"]

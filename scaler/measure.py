@@ -1,4 +1,4 @@
-"""What the autoscaler reads from PostgreSQL each tick, and the wake-up on enqueue.
+"""What the autoscaler reads from PostgreSQL each tick (the wake-up on enqueue: wakeups.py).
 
 The queue's flow control (``paused``, the rate limit, the concurrency cap) is read from its
 ``shoal.queues`` row, the same row the workers obey, and not from the backend's own
@@ -18,11 +18,8 @@ row per live worker, never over the jobs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -96,76 +93,3 @@ async def create_measure_pool(database_url: str, *, max_size: int = 4) -> asyncp
         database_url, min_size=1, max_size=max_size,
         server_settings={"statement_timeout": str(MEASURE_TIMEOUT_MS), "application_name": "shoal-autoscaler"},
     )
-
-
-class EnqueueWakeups:
-    """One LISTEN connection per database, fanning `shoal_jobs` notifications out to loops.
-
-    Enqueues notify with the queue's name when someone waits for the queue's jobs, and so do
-    `shoal queue pause/resume` and a reconcile that changes the queue row. Idle workers wait;
-    so does this connection for a queue whose last reading found no ready job (it holds the
-    queue's waiter lock, sql/015_waiter_locks.sql), so that a queue at zero getting its first
-    job, and a resumed queue, tick the loop at once instead of at the next poll.
-    """
-
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
-        self.events: dict[str, set[asyncio.Event]] = {}
-        self.conn: asyncpg.Connection | None = None
-        self._connecting = asyncio.Lock()  # many loops share one listener: connect it once
-        self.waiting: set[str] = set()  # queues whose waiter lock this connection holds
-        self._locking = asyncio.Lock()  # one lock change at a time on the connection
-
-    def subscribe(self, queue: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self.events.setdefault(queue, set()).add(event)
-        return event
-
-    def unsubscribe(self, queue: str, event: asyncio.Event) -> None:
-        self.events.get(queue, set()).discard(event)
-
-    async def wait_for_jobs(self, queue: str, waiting: bool) -> None:
-        """Hold (True) or let go (False) the queue's waiter lock, once. A failed change closes the
-        connection (whether the lock is held is then unknown; a new session holds none)."""
-        async with self._locking:
-            conn = self.conn
-            if conn is None or conn.is_closed():
-                return
-            try:
-                for gone in [q for q in self.waiting if not self.events.get(q)]:  # no loop left for it
-                    self.waiting.discard(gone)
-                    await conn.fetchval(queries.STOP_WAITING, gone)
-                if (queue in self.waiting) is waiting:
-                    return
-                if waiting:
-                    await conn.fetchval(queries.WAIT_FOR_JOBS, queue)
-                    self.waiting.add(queue)
-                else:
-                    self.waiting.discard(queue)
-                    await conn.fetchval(queries.STOP_WAITING, queue)
-            except Exception:
-                await self.close()
-                raise
-
-    async def ensure_connected(self) -> None:
-        if self.conn is not None and not self.conn.is_closed():
-            return
-        async with self._connecting:
-            if self.conn is not None and not self.conn.is_closed():
-                return
-            conn = await asyncpg.connect(self.database_url)
-            await conn.add_listener("shoal_jobs", self._on_notify)
-            self.conn, self.waiting = conn, set()
-        for events in self.events.values():  # we may have missed some while disconnected
-            for event in events:
-                event.set()
-
-    def _on_notify(self, _c: Any, _pid: int, _channel: str, queue: str) -> None:
-        for event in self.events.get(queue, ()):
-            event.set()
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                await self.conn.close()
-            self.conn, self.waiting = None, set()

@@ -177,3 +177,37 @@ async def test_a_queue_at_zero_scales_up_on_its_first_job_at_once(db_url: str, c
         assert not held, "a tick that saw a ready job lets the lock go"
     finally:
         await close()
+
+
+@pytest.mark.slow
+async def test_a_job_whose_enqueue_raced_the_lock_is_read_once_it_commits(db_url: str, conn: asyncpg.Connection,
+                                                                          tmp_path: Path) -> None:
+    """An enqueue that tested the waiter lock before the loop took it found no waiter and sent no
+    notification; the loop read no ready job (not yet committed). Once that transaction ends the
+    listener ticks the loop again (scaler/wakeups.py), so the job runs within seconds, not at the
+    next 30 s poll."""
+    await queues.declare_queue(conn, "raced", keep_succeeded_seconds=3600)
+    producer = await asyncpg.connect(db_url)
+    transaction = producer.transaction()
+    await transaction.start()
+    close = None
+    try:
+        job = await client.enqueue(producer, "raced", "test.sleep_ms", {"ms": 1})  # nobody waits yet
+        _, scaler, close = await start(db_url, "raced", flags(0, 2, 5, 30.0), tmp_path, interval=30)
+        wakeups = cast(FixedSource, scaler.source).wakeups
+        assert wakeups is not None
+        seen: list[TickReport] = []
+        scaler.on_tick = seen.append
+        await eventually(lambda: asyncio.sleep(0, bool(seen) and "raced" in wakeups.waiting), timeout=30)
+        assert seen[-1].measurement.ready == 0
+        ticks = len(seen)
+        await asyncio.sleep(0.5)  # the look after the lock waits for this transaction
+        assert len(seen) == ticks
+        await transaction.commit()
+        await eventually(lambda: conn.fetchval("SELECT state = 'succeeded' FROM shoal.jobs WHERE id = $1", job),
+                         timeout=20)
+        assert seen[ticks].measurement.ready == 1
+    finally:
+        if close is not None:
+            await close()
+        await producer.close()
