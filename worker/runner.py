@@ -163,9 +163,12 @@ class Worker:
                 pool = await asyncpg.create_pool(self.config.database_url, min_size=0, max_size=5,
                                                  reset=_keep_session, init=share_array_codecs,
                                                  server_settings=settings)
+                # Statements kept prepared for the connection's life (asyncpg's default lets them
+                # expire after 5 min): a held batch's statement must never be parsed again inside
+                # its transaction (see prepare_statements).
                 held_pool = await asyncpg.create_pool(self.config.database_url, min_size=0, max_size=MAX_HELD,
                                                       reset=_keep_session, init=prepare_statements,
-                                                      server_settings=settings)
+                                                      max_cached_statement_lifetime=0, server_settings=settings)
                 return pool, held_pool
             except _REFUSED as exc:
                 raise ConfigError(f"the database refused the worker's credentials ({exc}): check the user "
