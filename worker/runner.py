@@ -1,8 +1,8 @@
 """The worker: claim in batches, run handlers, record outcomes in batches.
 
 `Worker` is the supervisor: it opens the pools (the roles', and the held batches' own), starts
-the roles, and on a stop drains them. The roles meet at two seams (state.py): the job buffer (claimed, not started) and the outcome
-sink (finished, not yet written).
+the roles, and on a stop drains them. The roles meet at two seams (state.py): the job buffer
+(claimed, not started) and the outcome sink (finished, not yet written).
 
 - claimer.py: two claimers ask for as many jobs as there are free slots and fill the buffer;
   they sleep on LISTEN/NOTIFY (with a polling fallback) when there is nothing to do;
