@@ -47,7 +47,6 @@ class Keeper:
         # Past this long without a heartbeat through, other workers may have judged us dead and
         # taken our leases: no job starts until a heartbeat says which ones are still ours.
         self.doubt_after = cfg.stale_after - cfg.heartbeat_interval
-        self._beaten_at: float | None = None  # when the last beat that got through was sent, if any
         self._confirming: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -57,9 +56,10 @@ class Keeper:
             self.last_tick = time.monotonic()
             try:
                 await self._ensure_listener()
-                if self._beaten_at is None or time.monotonic() - self._beaten_at >= cfg.heartbeat_interval / 2:
-                    # (Not at the first turn, just after the worker's start-up beat: while a backlog
-                    # starts draining, that beat would take one more new connection.)
+                if time.monotonic() - self.beat_ok_at >= cfg.heartbeat_interval / 2:
+                    # (Not at the first turn, just after the worker's start-up beat, which run() does
+                    # not follow unless it got through: while a backlog starts draining, that beat
+                    # would take one more new connection.)
                     await self.beat()
                 await self._look_around()
                 if shared.down_since is None and time.monotonic() - shared.up_since >= cfg.stale_after:
@@ -145,7 +145,7 @@ class Keeper:
             return
         if silence:
             self._drop_taken({r["id"] for r in rows}, sent)
-        self.beat_ok_at = self._beaten_at = sent
+        self.beat_ok_at = sent
         orphans = [r["id"] for r in rows if r["id"] not in shared.claimed]
         if orphans:
             # A claim committed but its answer was lost (connection cut): nobody would run these.
