@@ -62,6 +62,9 @@ HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
 FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 FINISH_HELD_TRACED = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+# A batch whose every job succeeded, none left to lease: its ids are read from its announcement
+# (sql/017_finish_held_ok.sql); false if there is none, and FINISH_HELD_TRACED is sent instead.
+FINISH_HELD_OK = "SELECT shoal.finish_held_ok($1, $2, $3)"
 # The beat also reports the worker's handler runs and their seconds so far (sql/010_worker_throughput.sql).
 HEARTBEAT = "SELECT id, cancel_requested FROM shoal.heartbeat($1, $2, $3, $4, $5, $6)"
 # A listener waiting for a queue's jobs, on its LISTEN session, and whether it may sleep yet

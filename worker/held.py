@@ -37,6 +37,7 @@ class HeldBatch:
     closing: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
     size: int = field(init=False)  # len(ids)
+    not_ok: int = 0  # outcomes other than a success, among `outcomes`
 
     def __post_init__(self) -> None:
         self.size = len(self.ids)
@@ -46,6 +47,8 @@ class HeldBatch:
             self.late.append(outcome)
             return
         self.outcomes[outcome.job.id] = outcome
+        if outcome.kind != "ok":
+            self.not_ok += 1
         if len(self.outcomes) == self.size:
             self.done.set()
 
@@ -58,6 +61,7 @@ class ClosePlan:
     record: list[Outcome]  # outcomes written with the held rule (attempt counted now)
     relay: list[Outcome]  # finished, but written afterwards through the leased path
     released: list[int]  # never started and never will be: the commit simply unlocks them
+    all_ok: bool  # every job of the batch succeeded, none relayed: `record` is the batch's ids, all ok
 
 
 def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> ClosePlan:
@@ -85,4 +89,5 @@ def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> CloseP
                 released.append(job_id)
             else:
                 lease_ids.append(job_id)
-    return ClosePlan(lease_ids, record, relay, released)
+    all_ok = not lease_ids and not released and not batch.not_ok and len(record) == batch.size
+    return ClosePlan(lease_ids, record, relay, released, all_ok)

@@ -126,8 +126,12 @@ class Holder:
         plan = close_plan(batch, stopping=shared.stopping.is_set(), started=started)
         record = plan.record
         try:
-            await batch.conn.execute(queries.FINISH_HELD_TRACED, cfg.worker_id, cfg.queue,
-                                     batch.no, batch.started_at, plan.lease_ids, *outcome_columns(record))
+            # All succeeded: the database reads their ids from the batch's announcement instead
+            # of being sent them again (sql/017_finish_held_ok.sql).
+            if not (plan.all_ok and await batch.conn.fetchval(queries.FINISH_HELD_OK, cfg.worker_id,
+                                                              cfg.queue, batch.no)):
+                await batch.conn.execute(queries.FINISH_HELD_TRACED, cfg.worker_id, cfg.queue,
+                                         batch.no, batch.started_at, plan.lease_ids, *outcome_columns(record))
             await batch.transaction.commit()
         except Exception as exc:
             shared.db_ok = False
@@ -183,7 +187,8 @@ async def prepare_statements(conn: asyncpg.Connection) -> None:
         prepare = conn._get_statement  # noqa: SLF001 - see above
     except AttributeError:
         await conn.execute(queries.FINISH_HELD_TRACED, "", "", -1, datetime.now(UTC), [], [], [], [], [], [], [])
+        await conn.execute(queries.FINISH_HELD_OK, "", "", -1)
         await conn.execute(queries.HELD_CRASHED, "", -1, [])
         return
-    for query in (queries.FINISH_HELD_TRACED, queries.HELD_CRASHED):
+    for query in (queries.FINISH_HELD_TRACED, queries.FINISH_HELD_OK, queries.HELD_CRASHED):
         await prepare(query, None)

@@ -77,6 +77,9 @@ async def test_a_dead_held_batch_goes_back_suspect_and_a_poison_job_fails_alone(
     # Alone, a job that kills its worker is charged, and fails after max_attempts.
     stale = timedelta(seconds=1)
     poison = None
+    # Rescue trusts no missed heartbeat within `stale` of the server's start: in a session whose
+    # first test this is, the server may have started less than a second ago.
+    await eventually(lambda: conn.fetchval("SELECT pg_postmaster_start_time() < now() - interval '1 second'"))
     for attempt, state in ((1, "pending"), (2, "failed")):
         await conn.execute("SELECT shoal.heartbeat('w3', 'hd', 'h', 1)")
         rows = await conn.fetch(queries.CLAIM, "hd", "w3", 10, stale, True, timedelta(0))
@@ -84,7 +87,6 @@ async def test_a_dead_held_batch_goes_back_suspect_and_a_poison_job_fails_alone(
         poison = poison or rows[0]["id"]
         assert rows[0]["id"] == poison
         await conn.execute("UPDATE shoal.workers SET heartbeat_at = now() - interval '1 minute'")  # w3 died
-        # pg_postmaster_start_time() is well past 1 s ago here.
         assert await conn.fetchval("SELECT shoal.rescue($1)", stale) == 1
         row = await conn.fetchrow("SELECT state::text, attempts, last_error FROM shoal.jobs WHERE id = $1", poison)
         assert (row["state"], row["attempts"]) == (state, attempt)
@@ -122,6 +124,20 @@ async def test_a_finished_held_batch_leaves_no_trace(db_url: str, conn: asyncpg.
     assert await conn.fetchval("SELECT count(*) FROM shoal.held_batches") == 0
 
 
+async def test_an_all_successful_batch_is_finished_from_its_announcement(db_url: str, conn: asyncpg.Connection) -> None:
+    await queues.declare_queue(conn, "ho", keep_succeeded_seconds=3600)
+    ids = await client.enqueue_many(conn, [NewJob("ho", "shoal.noop") for _ in range(3)])
+    held, locked, _ = await _hold(db_url, "ho", "w1", 1)
+    assert sorted(locked) == ids
+    assert await held.fetchval(queries.FINISH_HELD_OK, "w1", "ho", 2) is False, "no such batch: nothing written"
+    assert await held.fetchval(queries.FINISH_HELD_OK, "w1", "ho", 1) is True
+    await held.execute("COMMIT")
+    await held.close()
+    rows = await conn.fetch("SELECT state::text, attempts, worker_id FROM shoal.jobs ORDER BY id")
+    assert [tuple(r) for r in rows] == [("succeeded", 1, "w1")] * 3, "the announced ids, recorded as held successes"
+    assert await conn.fetchval("SELECT count(*) FROM shoal.held_batches") == 0
+
+
 async def test_limited_or_paused_queues_are_never_held(conn: asyncpg.Connection) -> None:
     from shoal.ratelimit import RateLimit
 
@@ -155,6 +171,22 @@ def test_close_plan_records_finished_leases_running_and_releases_unstarted_on_st
     stopping = close_plan(batch, stopping=True, started={4})
     assert sorted(stopping.lease_ids) == [2, 4] and stopping.released == [5], \
         "a stopping worker gives back what never started, attempt not counted"
+    assert not running.all_ok and not stopping.all_ok
+
+
+def test_close_plan_finishes_an_all_successful_batch_from_its_announcement() -> None:
+    def closed(*kinds: str) -> bool:
+        batch = HeldBatch(1, None, None, None, list(range(1, len(kinds) + 2)))  # type: ignore[arg-type]
+        for i, kind in enumerate(kinds, 1):
+            batch.add(Outcome(_job(i), kind, None if kind == "ok" else "boom"))
+        batch.add(Outcome(_job(len(kinds) + 1), "ok"))
+        return close_plan(batch, stopping=False, started=set()).all_ok
+
+    assert closed("ok", "ok"), "every job succeeded: sql/017's finish_held_ok, no ids sent"
+    assert not closed("ok", "fail") and not closed("cancel", "ok"), "a failure or a cancellation is sent"
+    unfinished = HeldBatch(2, None, None, None, [1, 2])  # type: ignore[arg-type]
+    unfinished.add(Outcome(_job(1), "ok"))
+    assert not close_plan(unfinished, stopping=False, started={2}).all_ok, "a running job becomes a lease"
 
 
 def test_done_notifications_name_ids_or_ranges() -> None:
