@@ -93,7 +93,7 @@ class Completer:
                     for outcome in batch:
                         await self._record_alone(conn, outcome)
         else:
-            await self._call_record(self.pool, batch)
+            await self._call_record(self.pool, batch, followups=False)
         self.account(batch)
 
     async def _record_alone(self, conn: asyncpg.Connection, outcome: Outcome) -> None:
@@ -110,12 +110,12 @@ class Completer:
             await self._call_record(conn, [failed])
             outcome.kind, outcome.error, outcome.delay = failed.kind, failed.error, failed.delay
 
-    async def _call_record(self, db: Any, batch: list[Outcome]) -> None:
+    async def _call_record(self, db: Any, batch: list[Outcome], *, followups: bool = True) -> None:
         """One `shoal.record()` call, and the follow-up jobs of the successes (in the caller's
-        transaction when there are any)."""
+        transaction when there are any). `followups=False`: the caller knows there are none."""
         await db.execute(queries.RECORD_TRACED, self.config.worker_id, self.config.queue,
                          *outcome_columns(batch))
-        if has_followups(batch):
+        if followups and has_followups(batch):
             await enqueue_many(db, [f for o in batch if o.kind == "ok" for f in o.job.followups])
 
     async def record_orphans(self) -> None:
