@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shoal.worker.outcome import Outcome, has_followups
+from shoal.worker.outcome import Outcome, all_succeeded, has_followups
 
 # How long a held transaction may stay open before its unfinished jobs become leases.
 HOLD_BUDGET = 1.0
@@ -37,7 +37,6 @@ class HeldBatch:
     closing: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
     size: int = field(init=False)  # len(ids)
-    not_ok: int = 0  # outcomes other than a success, among `outcomes`
 
     def __post_init__(self) -> None:
         self.size = len(self.ids)
@@ -47,8 +46,6 @@ class HeldBatch:
             self.late.append(outcome)
             return
         self.outcomes[outcome.job.id] = outcome
-        if outcome.kind != "ok":
-            self.not_ok += 1
         if len(self.outcomes) == self.size:
             self.done.set()
 
@@ -89,5 +86,5 @@ def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> CloseP
                 released.append(job_id)
             else:
                 lease_ids.append(job_id)
-    all_ok = not lease_ids and not released and not batch.not_ok and len(record) == batch.size
+    all_ok = not lease_ids and not released and len(record) == batch.size and all_succeeded(record)
     return ClosePlan(lease_ids, record, relay, released, all_ok)

@@ -7,9 +7,9 @@ importing one another.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, countOf
 from typing import TypeAlias
 
 from shoal import failures
@@ -80,3 +80,11 @@ def has_followups(outcomes: Iterable[Outcome]) -> bool:
     """Does a success among `outcomes` carry follow-up jobs? (Their write is another path.) A
     job has none unless its handler enqueued some: looked at in C first, one pass per write."""
     return any(map(_followups, outcomes)) and any(o.kind == "ok" and o.job.followups for o in outcomes)
+
+
+_kind = attrgetter("kind")
+
+
+def all_succeeded(outcomes: Collection[Outcome]) -> bool:
+    """Is every one of `outcomes` a success? Counted in C, one pass per write."""
+    return countOf(map(_kind, outcomes), "ok") == len(outcomes)
