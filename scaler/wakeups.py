@@ -92,7 +92,7 @@ class EnqueueWakeups:
                 except Exception:
                     return  # the loops' next tick finds the connection broken and reconnects
             if passed:
-                self._on_notify(conn, 0, "shoal_jobs", queue)
+                self._wake(queue)
                 return
             await asyncio.sleep(backoff.failed())
 
@@ -110,6 +110,10 @@ class EnqueueWakeups:
                 event.set()
 
     def _on_notify(self, _c: Any, _pid: int, _channel: str, queue: str) -> None:
+        self._wake(queue)
+
+    def _wake(self, queue: str) -> None:
+        """Tick every loop of `queue` (a notification, or the look after a new lock)."""
         for event in self.events.get(queue, ()):
             event.set()
 
