@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import asyncpg
@@ -260,17 +261,18 @@ class Claimer:
         now = time.time()
         claimed, buffer, task_info = shared.claimed, jb.items, self._task_info
         batches: dict[str, list[Job]] = {}
-        per_task: dict[str, list[Any]] = {}  # task -> [jobs, batch task?, queue-wait histogram]
+        per_task: dict[str, list[Any]] = {}  # task -> [jobs, batch task?, its queue waits' append, TaskInfo]
         last: str | None = None
         state: list[Any] = []
-        is_batch, waited = False, cast(metrics.HistogramChild, None)
+        is_batch, waited = False, cast(Callable[[float], None], None)
         for r in rows:
             task = r[1]
             if task != last:
                 known = per_task.get(task)
                 if known is None:
                     info = task_info(task)
-                    known = per_task[task] = [0, info.spec is not None and info.spec.batch, info.waited]
+                    known = per_task[task] = [0, info.spec is not None and info.spec.batch,
+                                              info.waited.pending.append, info]
                 state = known
                 last, is_batch, waited = task, state[1], state[2]
             state[0] += 1
@@ -278,8 +280,7 @@ class Claimer:
             job = (Job(r[0], queue, task, r[2], r[3], r[4], r[5]) if trace_context is None
                    else TracedJob(r[0], queue, task, r[2], r[3], r[4], r[5], trace_context))
             claimed[r[0]] = job
-            wait = now - r[5]
-            waited.observe(wait if wait > 0.0 else 0.0)
+            waited(now - r[5])
             if is_batch:
                 batches.setdefault(task, []).append(job)
             else:
@@ -290,8 +291,12 @@ class Claimer:
             size = self.config.registry.tasks[name].batch_size
             buffer.extend(jobs[i:i + size] for i in range(0, len(jobs), size))
         jb.count += len(rows)
-        for task, (n, _, _) in per_task.items():
+        for task, (n, _, _, info) in per_task.items():
             metrics.JOBS_CLAIMED.labels(queue, task).inc(n)
+            # Count the queue waits just appended, and the run times of the jobs of this task
+            # finished since its last claim: what piles up between two folds stays that small.
+            info.waited.fold()
+            info.ran.fold()
         metrics.IN_FLIGHT.labels(queue).set(len(claimed))
         metrics.CLAIMS.labels(queue, "leased" if batch is None else "held").inc()
         jb.wake_runners(min(len(buffer), WAKE_AHEAD))

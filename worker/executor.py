@@ -167,7 +167,7 @@ class Executor:
                 slot_freed.set()
             elapsed = perf_counter() - started
             self.avg_duration += (elapsed - self.avg_duration) * 0.02
-            info.ran.observe(elapsed)
+            info.ran.pending.append(elapsed)  # counted once per claim (Claimer._accept)
             shared.runs += 1
             shared.busy_seconds += elapsed
             put_one(outcome)

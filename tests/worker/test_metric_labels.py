@@ -5,6 +5,7 @@ job rows naming unknown tasks cannot add series without end. And shoal_build_inf
 from __future__ import annotations
 
 import asyncpg
+import pytest
 
 from helpers import running_worker
 from shoal import build_info, client, queues
@@ -50,3 +51,26 @@ def test_build_info_is_exported() -> None:
     version = build_info.shoal_version()
     assert version and version != "unknown"
     assert sample("shoal_build_info", {"version": version}) == 1.0
+
+
+def test_folded_values_land_in_the_buckets_observe_would_use() -> None:
+    """The hot paths append to `pending` and `fold` counts them later: a scrape must show the
+    same buckets and sum as one `observe` per value, bucket bounds included (Prometheus `le`),
+    a negative queue wait (clock skew) counted as 0, and `pending` emptied in place."""
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    values = [0.0005, 0.001, 0.0010001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 300.0, 0.001, 0.7]
+    observed, folded = metrics.HistogramChild(bounds), metrics.HistogramChild(bounds)
+    for v in values:
+        observed.observe(v)
+    append = folded.pending.append
+    for v in values[:5]:
+        append(v)
+    folded.fold()
+    for v in values[5:]:
+        append(v)  # the same list, held across a fold, as the runners hold it
+    append(-0.25)
+    folded.fold()
+    observed.observe(0.0)
+    assert folded.counts == observed.counts == [4, 2, 2, 3, 2]
+    assert folded.sum == pytest.approx(observed.sum)
+    assert folded.pending == [] and folded.pending.append == append
