@@ -69,8 +69,9 @@ class HistogramChild:
 
     The worker's per-job paths append to `pending` (one C call) and `fold` counts what
     piled up, once per claim and at every scrape: sorted once, the values fall into the
-    buckets by one bisect per bucket. Two `observe` calls per job were 15% of the worker's
-    own CPU per no-op job (0.35 of 2.05 us); appending and folding cost about a third.
+    buckets by one bisect per bucket. Two `observe` calls per job were 0.35 us of the 2.05 us
+    of Python the worker runs per no-op job outside asyncpg and the event loop (claim to
+    recorded outcome, measured without a database); appending and folding cost about 0.13.
     """
 
     __slots__ = ("bounds", "counts", "sum", "pending")
