@@ -52,13 +52,14 @@ RECORD_ORPHANED = "SELECT shoal.record_orphaned($1, $2, $3, $4, $5, $6, $7, $8, 
 RECORD = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7)"
 # With the failures' tracebacks ($8), kept in shoal.job_errors (sql/006_failure_history.sql).
 # RECORD and FINISH_HELD are the previous version's calls, still served during a rolling upgrade.
-RECORD_TRACED = "SELECT shoal.record($1, $2, false, $3, $4, $5, $6, $7, $8)"
+# The ids that succeeded ($3) arrive as text (shoal.worker.known_types.id_array): one per job.
+RECORD_TRACED = "SELECT shoal.record($1, $2, false, $3::text::bigint[], $4, $5, $6, $7, $8)"
 # Held claims (sql/004_held_claims.sql, worker/holder.py): CLAIM_HELD and FINISH_HELD run inside the
 # batch's own transaction, HOLD_BATCH on another connection so that it commits before the jobs run.
 CLAIM_HELD = ("SELECT id, task, payload, attempts, max_attempts, date_part('epoch', run_at) AS run_at, "
               "trace_context, xact "
               "FROM shoal.claim_held($1, $2, $3)")
-HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4)"
+HOLD_BATCH = "SELECT shoal.hold_batch($1, $2, $3, $4::text::bigint[])"  # $4: id_array(ids), as RECORD_TRACED's
 HELD_CRASHED = "SELECT shoal.held_crashed($1, $2, $3)"
 FINISH_HELD = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 FINISH_HELD_TRACED = "SELECT shoal.finish_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"

@@ -156,13 +156,15 @@ def start_job(stored: str, queue: str, task: str, job_id: int, attempt: int) -> 
 
 
 def outcome_name(outcome: Any, error: BaseException | None) -> str:
-    """`shoal.outcome` of an attempt, from its worker Outcome (kind "ok", "fail" or "cancel"; None:
-    released at shutdown) and the handler's error."""
+    """`shoal.outcome` of an attempt, from how the worker says it finished (None: released at
+    shutdown; the job itself: it succeeded; else an Outcome of kind "fail" or "cancel") and the
+    handler's error."""
     if outcome is None:
         return "released"
-    if outcome.kind == "ok":
+    kind = getattr(outcome, "kind", None)  # a Job has no kind
+    if kind is None:
         return "succeeded"
-    if outcome.kind == "cancel":
+    if kind == "cancel":
         return "cancelled"
     if isinstance(error, TimeoutError):
         return "timeout"
@@ -170,9 +172,8 @@ def outcome_name(outcome: Any, error: BaseException | None) -> str:
 
 
 def end_job(job_span: JobSpan, outcome: Any, error: BaseException | None = None) -> None:
-    """Record an attempt's outcome (a worker Outcome, or None if released at shutdown) and the
-    handler's error on its span, end it, and make the runner's own context current again.
-    Never raises."""
+    """Record how an attempt finished (as `outcome_name` reads it) and the handler's error on its
+    span, end it, and make the runner's own context current again. Never raises."""
     span = job_span.span
     try:
         name = outcome_name(outcome, error)

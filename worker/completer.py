@@ -23,7 +23,8 @@ from shoal.backoff import LoopBackoff
 from shoal.client import enqueue_many
 from shoal.errors import ShoalError
 from shoal.worker import metrics
-from shoal.worker.outcome import Outcome, failure_outcome, has_followups, outcome_columns
+from shoal.worker.known_types import id_array
+from shoal.worker.outcome import Finished, Outcome, failure_outcome, has_followups, job_of, outcome_columns
 from shoal.worker.state import Shared
 
 log = logging.getLogger("shoal.worker")
@@ -79,7 +80,7 @@ class Completer:
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    async def record(self, batch: list[Outcome]) -> None:
+    async def record(self, batch: list[Finished]) -> None:
         if has_followups(batch):
             async with self.pool.acquire() as conn:
                 try:
@@ -90,54 +91,56 @@ class Completer:
                         raise
                     # One job's follow-ups were refused (e.g. unknown queue): record jobs one
                     # by one so that only that job fails, with the reason.
-                    for outcome in batch:
-                        await self._record_alone(conn, outcome)
+                    batch = [await self._record_alone(conn, finished) for finished in batch]
         else:
             await self._call_record(self.pool, batch, followups=False)
         self.account(batch)
 
-    async def _record_alone(self, conn: asyncpg.Connection, outcome: Outcome) -> None:
+    async def _record_alone(self, conn: asyncpg.Connection, finished: Finished) -> Finished:
+        """Record one finished job; a success whose follow-ups are refused is recorded as a
+        failure instead, and returned as such (an Outcome has no follow-ups: the job keeps
+        them, so that if this write is lost too, the success is tried again whole)."""
         try:
             async with conn.transaction():
-                await self._call_record(conn, [outcome])
+                await self._call_record(conn, [finished])
+            return finished
         except (asyncpg.PostgresError, ShoalError) as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
                 raise
             cfg = self.config
-            failed = failure_outcome(outcome.job, RuntimeError(f"follow-up jobs could not be enqueued: {exc}"),
+            failed = failure_outcome(job_of(finished), RuntimeError(f"follow-up jobs could not be enqueued: {exc}"),
                                      base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.shared.rng)
-            outcome.job.followups = []
             await self._call_record(conn, [failed])
-            outcome.kind, outcome.error, outcome.delay = failed.kind, failed.error, failed.delay
+            return failed
 
-    async def _call_record(self, db: Any, batch: list[Outcome], *, followups: bool = True) -> None:
+    async def _call_record(self, db: Any, batch: list[Finished], *, followups: bool = True) -> None:
         """One `shoal.record()` call, and the follow-up jobs of the successes (in the caller's
         transaction when there are any). `followups=False`: the caller knows there are none."""
-        await db.execute(queries.RECORD_TRACED, self.config.worker_id, self.config.queue,
-                         *outcome_columns(batch))
+        ok, *others = outcome_columns(batch)
+        await db.execute(queries.RECORD_TRACED, self.config.worker_id, self.config.queue, id_array(ok), *others)
         if followups and has_followups(batch):
-            await enqueue_many(db, [f for o in batch if o.kind == "ok" for f in o.job.followups])
+            await enqueue_many(db, [new for finished in batch for new in finished.followups])
 
     async def record_orphans(self) -> None:
-        """Record the outcomes of held batches lost with their connection (sql/008_resilience.sql):
-        each job nobody has taken since is recorded rather than run again. A success with
-        follow-up jobs is left to run again instead: its follow-ups belong in the transaction
-        that records it, which the leased path owns."""
+        """Record the finished jobs of held batches lost with their connection
+        (sql/008_resilience.sql): each job nobody has taken since is recorded rather than run
+        again. A success with follow-up jobs is left to run again instead: its follow-ups
+        belong in the transaction that records it, which the leased path owns."""
         sink = self.sink
-        outcomes, batches = sink.orphaned, sink.orphaned_batches
+        orphaned, batches = sink.orphaned, sink.orphaned_batches
         sink.orphaned, sink.orphaned_batches = [], []
-        plain = [o for o in outcomes if not (o.kind == "ok" and o.job.followups)]
+        plain = [f for f in orphaned if not f.followups]
         try:
             recorded = set(await self.pool.fetchval(queries.RECORD_ORPHANED, self.config.worker_id,
                                                     self.config.queue, batches, *outcome_columns(plain)) or ())
         except BaseException:
-            sink.orphaned, sink.orphaned_batches = outcomes + sink.orphaned, batches + sink.orphaned_batches
+            sink.orphaned, sink.orphaned_batches = orphaned + sink.orphaned, batches + sink.orphaned_batches
             raise
-        self.account([o for o in plain if o.job.id in recorded])
+        self.account([f for f in plain if f.id in recorded])
         log.info("recorded outcomes of held batches lost with their connection",
-                 extra={"recorded": len(recorded), "outcomes": len(outcomes)})
+                 extra={"recorded": len(recorded), "outcomes": len(orphaned)})
 
-    def account(self, batch: list[Outcome]) -> None:
+    def account(self, batch: list[Finished]) -> None:
         """After a write (here or by a held batch's commit): forget the recorded jobs, count
         them, log the failures, and free their slots."""
         queue = self.config.queue
@@ -145,12 +148,13 @@ class Completer:
         counts: dict[tuple[Any, str], int] = {}
         claimed_pop, cancelling = self.shared.claimed.pop, self.shared.cancelling
         for o in batch:
-            job = o.job
-            claimed_pop(job.id, None)
-            if o.kind == "ok":
-                task = job.task
+            if not isinstance(o, Outcome):  # the job itself: it succeeded
+                claimed_pop(o.id, None)
+                task = o.task
                 succeeded[task] = succeeded.get(task, 0) + 1
                 continue
+            job = o.job
+            claimed_pop(job.id, None)
             kind = "failed" if o.final_failure else ("retried" if o.kind == "fail" else o.kind)
             key = (metrics.JOBS_FAILED if kind == "failed" else metrics.JOBS_RETRIED if kind == "retried"
                    else metrics.JOBS_CANCELLED, job.task)
@@ -166,7 +170,7 @@ class Completer:
                     log.debug("traceback of the failed attempt", extra={**fields, "traceback": o.traceback})
         if cancelling:
             for o in batch:
-                cancelling.discard(o.job.id)
+                cancelling.discard(o.id)
         for task, n in succeeded.items():
             metrics.JOBS_SUCCEEDED.labels(queue, task).inc(n)
         for (counter, task), n in counts.items():
@@ -189,7 +193,7 @@ class Completer:
                         raise
                 if sink.orphans:
                     await self.record_orphans()
-                unwritten = {o.job.id for o in sink.leased}
+                unwritten = {f.id for f in sink.leased}
                 released = [j for j in self.shared.claimed if j not in unwritten]
                 n = await self.pool.fetchval(queries.RELEASE, cfg.worker_id, released, True)
                 if n:

@@ -1,5 +1,5 @@
 """The executor: `concurrency` runners take claimed jobs from the job buffer, run their
-handlers (with timeouts, cancellation, batch tasks) and put the outcomes in the outcome sink.
+handlers (with timeouts, cancellation, batch tasks) and put the finished jobs in the outcome sink.
 
 Idle runners park in the buffer and are woken a few at a time as work arrives. A runner
 starts nothing while the keeper doubts our leases (after a silence), and gives back the
@@ -30,7 +30,7 @@ from shoal.worker import metrics
 from shoal.worker.config import WorkerConfig
 from shoal.worker.deadlines import Deadlines
 from shoal.worker.keeper import Keeper
-from shoal.worker.outcome import Outcome, TracedJob, failure_outcome
+from shoal.worker.outcome import Finished, Outcome, TracedJob, failure_outcome
 from shoal.worker.state import WAKE_AHEAD, Shared
 
 log = logging.getLogger("shoal.worker")
@@ -146,21 +146,21 @@ class Executor:
                     deadline = None if info.timeout is None else deadlines.start(info.timeout, me)
                     try:
                         await fn(job)
-                        outcome = Outcome(job, "ok")
+                        finished: Finished = job
                     except asyncio.CancelledError as exc:
                         if deadline is not None and deadlines.timed_out(deadline):
-                            outcome = self.failure(job, timeout_error(exc))
+                            finished = self.failure(job, timeout_error(exc))
                         elif not self._was_cancelled((job,)):
                             raise  # shutdown past the drain timeout: the job is released, not failed
                         else:
-                            outcome = Outcome(job, "cancel", "cancelled while running")
+                            finished = Outcome(job, "cancel", "cancelled while running")
                     except Exception as exc:
-                        outcome = self.failure(job, exc)
+                        finished = self.failure(job, exc)
                     finally:
                         if deadline is not None:
                             deadlines.finish(deadline)
                 else:
-                    outcome = await self._run_one(job, info)
+                    finished = await self._run_one(job, info)
             finally:
                 executing.pop(job.id, None)
                 self.busy -= 1
@@ -170,7 +170,7 @@ class Executor:
             info.ran.pending.append(elapsed)  # counted once per claim (Claimer._accept)
             shared.runs += 1
             shared.busy_seconds += elapsed
-            put_one(outcome)
+            put_one(finished)
 
     async def _start_batch(self, jobs: list[Job], me: asyncio.Task[None]) -> None:
         """Run one call of a batch task (the runner's bookkeeping around `_run_batch`)."""
@@ -225,13 +225,13 @@ class Executor:
             task.uncancel()
         return True
 
-    async def _run_one(self, job: Job, info: TaskInfo) -> Outcome:
+    async def _run_one(self, job: Job, info: TaskInfo) -> Finished:
         """Run one job the runner does not run inline: with a span (a traced job), in a thread
         (a sync handler), or none (no handler). CancelledError: shutdown, the job is released."""
         spec = info.spec
         span = (tracing.start_job(job.trace_context, job.queue, job.task, job.id, job.attempt)
                 if type(job) is TracedJob else None)
-        outcome: Outcome | None = None
+        outcome: Finished | None = None
         error: BaseException | None = None
         try:
             if spec is None:
@@ -241,7 +241,7 @@ class Executor:
                                   "passed to --tasks", None)
             else:
                 await self._timed(info.timeout, call(spec, job))
-                outcome = Outcome(job, "ok")
+                outcome = job
         except asyncio.CancelledError:
             if not self._was_cancelled((job,)):
                 raise  # shutdown past the drain timeout: the job is released, not failed
@@ -277,11 +277,11 @@ class Executor:
         try:
             result = await self._timed(self._task_info(spec.name).timeout, call(spec, jobs))
             failed = dict(result or {})
-            outcomes = []
+            outcomes: list[Finished] = []
             for job in jobs:
                 err = failed.get(job.id)
                 if err is None:
-                    outcomes.append(Outcome(job, "ok"))
+                    outcomes.append(job)
                 else:
                     exc = err if isinstance(err, BaseException) else Exception(str(err))
                     outcomes.append(self.failure(job, exc))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shoal.worker.outcome import Outcome, all_succeeded, has_followups
+from shoal.worker.outcome import Finished, all_succeeded, has_followups
 
 # How long a held transaction may stay open before its unfinished jobs become leases.
 HOLD_BUDGET = 1.0
@@ -32,8 +32,8 @@ class HeldBatch:
     transaction: Any
     started_at: datetime
     ids: list[int]
-    outcomes: dict[int, Outcome] = field(default_factory=dict)
-    late: list[Outcome] = field(default_factory=list)  # arrived while the batch was being closed
+    outcomes: dict[int, Finished] = field(default_factory=dict)  # job id -> the job finished
+    late: list[Finished] = field(default_factory=list)  # finished while the batch was being closed
     closing: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
     size: int = field(init=False)  # len(ids)
@@ -41,11 +41,11 @@ class HeldBatch:
     def __post_init__(self) -> None:
         self.size = len(self.ids)
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, finished: Finished) -> None:
         if self.closing:
-            self.late.append(outcome)
+            self.late.append(finished)
             return
-        self.outcomes[outcome.job.id] = outcome
+        self.outcomes[finished.id] = finished
         if len(self.outcomes) == self.size:
             self.done.set()
 
@@ -55,8 +55,8 @@ class ClosePlan:
     """What one commit of a held batch writes."""
 
     lease_ids: list[int]  # still running (or about to run): become leases of this worker
-    record: list[Outcome]  # outcomes written with the held rule (attempt counted now)
-    relay: list[Outcome]  # finished, but written afterwards through the leased path
+    record: list[Finished]  # written with the held rule (attempt counted now)
+    relay: list[Finished]  # finished, but written afterwards through the leased path
     released: list[int]  # never started and never will be: the commit simply unlocks them
     all_ok: bool  # every job of the batch succeeded, none relayed: `record` is the batch's ids, all ok
 
@@ -69,14 +69,14 @@ def close_plan(batch: HeldBatch, *, stopping: bool, started: set[int]) -> CloseP
     as leases, except, when stopping, those that never started: those go back untouched,
     their attempt not counted, like the leased jobs a stopping worker releases.
     """
-    record: list[Outcome] = []
-    relay: list[Outcome] = []
+    record: list[Finished] = []
+    relay: list[Finished] = []
     if has_followups(batch.outcomes.values()):
-        for outcome in batch.outcomes.values():
-            (relay if outcome.kind == "ok" and outcome.job.followups else record).append(outcome)
+        for finished in batch.outcomes.values():
+            (relay if finished.followups else record).append(finished)
     else:  # the common case: no pass in Python
         record = list(batch.outcomes.values())
-    lease_ids: list[int] = [o.job.id for o in relay]
+    lease_ids: list[int] = [f.id for f in relay]
     released: list[int] = []
     if len(batch.outcomes) < len(batch.ids):  # else every job has its outcome (the common case)
         for job_id in batch.ids:

@@ -23,7 +23,7 @@ import asyncpg
 from shoal import queries
 from shoal.worker.completer import Completer
 from shoal.worker.held import HOLD_BUDGET, HeldBatch, close_plan
-from shoal.worker.known_types import share_array_codecs
+from shoal.worker.known_types import id_array, share_array_codecs
 from shoal.worker.outcome import outcome_columns
 from shoal.worker.state import Shared
 
@@ -66,7 +66,7 @@ class Holder:
             ids = [r[0] for r in rows]  # id: by position, faster than by name
             batch = HeldBatch(self._seq, conn, transaction, datetime.now(UTC), ids)
             died = [r[0] for r in await self.pool.fetch(queries.HOLD_BATCH, cfg.worker_id, batch.no,
-                                                        rows[0]["xact"], ids)]
+                                                        rows[0]["xact"], id_array(ids))]
             if died:
                 # An earlier batch ended with these jobs in hand: its worker died (or lost its
                 # connection). Which job was at fault is unknown, so they go back suspect, to run

@@ -1,4 +1,5 @@
-"""The worker's array codecs, given to each connection instead of asked of the server.
+"""The worker's array codecs, given to each connection instead of asked of the server, and
+the text form of the one array a job's ids travel in.
 
 asyncpg knows text[] and oid[] by itself but asks the server about every other array type a
 statement sends or reads, on each connection anew: the worker's bigint[] and double precision[]
@@ -46,3 +47,13 @@ async def share_array_codecs(conn: asyncpg.Connection) -> None:
         except (KeyError, TypeError, ValueError, IndexError):
             _rows, _statement = await conn._introspect_types([INT8_ARRAY, FLOAT8_ARRAY], None)  # noqa: SLF001
             settings.register_data_types(_rows)
+
+
+def id_array(ids: list[int]) -> str:
+    """`ids` as a PostgreSQL array literal, for a `$n::text::bigint[]` parameter: the one array
+    each job's id travels in (a leased job's in `shoal.record`, a held job's in its batch's
+    announcement). asyncpg encodes a `bigint[]` in binary but first checks every element against
+    `collections.abc.Iterable` (is it a nested array?): 1,500 ids cost the worker ~250 µs of CPU
+    that way and ~95 µs as this text, which `repr` writes in C and the server parses as fast as
+    the binary form. Only ints from the database reach here: anything else fails the cast loudly."""
+    return "{" + repr(ids)[1:-1] + "}"

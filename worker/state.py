@@ -2,8 +2,9 @@
 
 - `JobBuffer`: jobs claimed and not started. The claimer puts, the executor's runners take;
   a runner with nothing to take parks here and is woken when work arrives.
-- `OutcomeSink`: outcomes finished and not yet written. The executor puts; each outcome goes
-  to its open held batch (written by that batch's commit, holder.py) or to the completer.
+- `OutcomeSink`: jobs finished and not yet written (a success as the Job itself, else its
+  Outcome: outcome.py). The executor puts; each goes to its open held batch (written by that
+  batch's commit, holder.py) or to the completer.
 - `Shared`: what several roles read and write besides: the jobs this worker has claimed, the
   ones running and being cancelled, the claims in flight, what the queue told us, the
   database link's state, the wake-up events.
@@ -25,7 +26,7 @@ from shoal.tasks import Job
 from shoal.worker import metrics
 from shoal.worker.config import WorkerConfig
 from shoal.worker.held import HeldBatch
-from shoal.worker.outcome import Item, Outcome
+from shoal.worker.outcome import Finished, Item, job_of
 
 log = logging.getLogger("shoal.worker")
 
@@ -88,14 +89,14 @@ class OutcomeSink:
     __slots__ = ("leased", "ready", "batch_of", "lost", "orphaned", "orphaned_batches")
 
     def __init__(self) -> None:
-        self.leased: list[Outcome] = []  # outcomes of leased jobs, for the completer's next write
+        self.leased: list[Finished] = []  # leased jobs finished, for the completer's next write
         # The completer has something to write. Set whenever `leased` is not empty (the completer
         # clears it as it takes the list), except while the completer backs off after a failed
         # write, which sets it again: an outcome added to a non-empty list need not set it.
         self.ready = asyncio.Event()
         self.batch_of: dict[int, HeldBatch] = {}  # job id -> its open held batch
         self.lost: dict[int, Job] = {}  # running jobs of held batches lost with their connection
-        self.orphaned: list[Outcome] = []  # outcomes of held batches lost with their connection
+        self.orphaned: list[Finished] = []  # finished jobs of held batches lost with their connection
         self.orphaned_batches: list[int] = []  # those batches, to forget once the database answers
 
     @property
@@ -103,26 +104,26 @@ class OutcomeSink:
         """Outcomes of lost held batches wait to be written (the claimer waits for them)."""
         return bool(self.orphaned or self.orphaned_batches)
 
-    def put_one(self, outcome: Outcome) -> None:
-        """Route one outcome: to its open held batch, else to the completer (as an orphan if its
-        held batch was lost with its connection)."""
-        job = outcome.job
-        if self.lost and self.lost.get(job.id) is job:
-            del self.lost[job.id]  # its batch is gone: the job is ready again in the database
-            self.orphaned.append(outcome)
+    def put_one(self, finished: Finished) -> None:
+        """Route one finished job: to its open held batch, else to the completer (as an orphan
+        if its held batch was lost with its connection)."""
+        job_id = finished.id
+        if self.lost and self.lost.get(job_id) is job_of(finished):
+            del self.lost[job_id]  # its batch is gone: the job is ready again in the database
+            self.orphaned.append(finished)
             self.ready.set()
             return
-        batch = self.batch_of.get(job.id)
+        batch = self.batch_of.get(job_id)
         if batch is not None:
-            batch.add(outcome)
+            batch.add(finished)
             return
         if not self.leased:  # see `ready`: set when the list stops being empty
             self.ready.set()
-        self.leased.append(outcome)
+        self.leased.append(finished)
 
-    def put(self, outcomes: Sequence[Outcome]) -> None:
-        for outcome in outcomes:
-            self.put_one(outcome)
+    def put(self, finished: Sequence[Finished]) -> None:
+        for one in finished:
+            self.put_one(one)
 
 
 class Shared:

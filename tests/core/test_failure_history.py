@@ -18,6 +18,7 @@ from helpers import TESTS_DIR, running_worker
 from shoal import client, failures, queries, queues
 from shoal.client import NewJob
 from shoal.tasks import Job, TaskRegistry, task
+from shoal.worker.known_types import id_array
 
 WARM_UP = 1500  # no-op jobs after which a worker knows its jobs are short and claims held
 FAST_RETRY = {"backoff_base": 0.01, "backoff_cap": 0.05}
@@ -186,7 +187,7 @@ async def test_previous_workers_calls_still_record_history(db_url: str, conn: as
     a, b, c = await _running(conn, "old", 3)
     await conn.execute(queries.RECORD, "w1", "old", [], [a], ["boom a"], [0.0], [])
     await conn.execute("SELECT shoal.complete('w1', '{}', $1, '{boom b}', '{NULL}', '{}')", [b])
-    await conn.execute(queries.RECORD_TRACED, "w1", "old", [], [c], ["boom c"], [None], [], ["Traceback c"])
+    await conn.execute(queries.RECORD_TRACED, "w1", "old", "{}", [c], ["boom c"], [None], [], ["Traceback c"])
     got = {r["job_id"]: (r["attempt"], r["error"], r["traceback"]) for r in
            await conn.fetch("SELECT * FROM shoal.job_errors")}
     assert got == {a: (1, "boom a", None), b: (1, "boom b", None), c: (1, "boom c", "Traceback c")}
@@ -206,19 +207,19 @@ async def test_previous_workers_calls_still_record_history(db_url: str, conn: as
 async def test_history_goes_with_its_job(db_url: str, conn: asyncpg.Connection) -> None:
     # A success deleted at once takes the history of its failed attempts along.
     job, clean = await _running(conn, "gone", 2)
-    await conn.execute(queries.RECORD_TRACED, "w1", "gone", [], [job], ["boom"], [0.0], [], ["tb"])
+    await conn.execute(queries.RECORD_TRACED, "w1", "gone", "{}", [job], ["boom"], [0.0], [], ["tb"])
     await conn.execute("UPDATE shoal.jobs SET state = 'running', attempts = 2, worker_id = 'w1' WHERE id = $1", job)
-    await conn.execute(queries.RECORD_TRACED, "w1", "gone", [clean, job], [], [], [], [], [])
+    await conn.execute(queries.RECORD_TRACED, "w1", "gone", id_array([clean, job]), [], [], [], [], [])
     assert await history(conn, job) == [] and await conn.fetchval("SELECT count(*) FROM shoal.jobs") == 0
     # Retention prunes it with its failed job.
     (old,) = await _running(conn, "kept", 1, keep_failed_seconds=1)
-    await conn.execute(queries.RECORD_TRACED, "w1", "kept", [], [old], ["boom"], [None], [], ["tb"])
+    await conn.execute(queries.RECORD_TRACED, "w1", "kept", "{}", [old], ["boom"], [None], [], ["tb"])
     await conn.execute("UPDATE shoal.jobs SET finished_at = now() - interval '1 hour' WHERE id = $1", old)
     assert len(await history(conn, old)) == 1
     assert await conn.fetchval(queries.PRUNE, 100) == 1 and await history(conn, old) == []
     # Deleting a queue with its jobs deletes their history.
     (last,) = await _running(conn, "dropped", 1)
-    await conn.execute(queries.RECORD_TRACED, "w1", "dropped", [], [last], ["boom"], [None], [], [None])
+    await conn.execute(queries.RECORD_TRACED, "w1", "dropped", "{}", [last], ["boom"], [None], [], [None])
     await queues.delete_queue(conn, "dropped", delete_jobs=True)
     assert await conn.fetchval("SELECT count(*) FROM shoal.job_errors") == 0
 

@@ -20,6 +20,7 @@ from shoal.client import NewJob, done_mentions
 from shoal.tasks import Job, TaskRegistry, task
 from shoal.worker import metrics
 from shoal.worker.held import HeldBatch, close_plan
+from shoal.worker.known_types import id_array
 from shoal.worker.outcome import Outcome
 
 FAST_RESCUE = ("--heartbeat-interval", "0.5", "--stale-after", "3", "--poll-interval", "0.2")
@@ -48,7 +49,7 @@ async def _hold(url: str, queue: str, worker: str, batch: int, limit: int = 10
         return conn, [], []
     other = await asyncpg.connect(url)
     try:
-        died = [r[0] for r in await other.fetch(queries.HOLD_BATCH, worker, batch, rows[0]["xact"], ids)]
+        died = [r[0] for r in await other.fetch(queries.HOLD_BATCH, worker, batch, rows[0]["xact"], id_array(ids))]
     finally:
         await other.close()
     return conn, ids, died
@@ -161,12 +162,12 @@ def test_close_plan_records_finished_leases_running_and_releases_unstarted_on_st
     batch = HeldBatch(1, None, None, None, [1, 2, 3, 4, 5])  # type: ignore[arg-type]
     with_followup = _job(2)
     with_followup.enqueue("q", "child")
-    batch.add(Outcome(_job(1), "ok"))
-    batch.add(Outcome(with_followup, "ok"))
+    batch.add(_job(1))  # a success is the job itself
+    batch.add(with_followup)
     batch.add(Outcome(_job(3), "fail", "boom", 1.0))
     running = close_plan(batch, stopping=False, started={4})
-    assert [o.job.id for o in running.record] == [1, 3]
-    assert [o.job.id for o in running.relay] == [2], "a success with follow-ups takes the leased path"
+    assert [f.id for f in running.record] == [1, 3]
+    assert running.relay == [with_followup], "a success with follow-ups takes the leased path"
     assert sorted(running.lease_ids) == [2, 4, 5] and running.released == []
     stopping = close_plan(batch, stopping=True, started={4})
     assert sorted(stopping.lease_ids) == [2, 4] and stopping.released == [5], \
@@ -178,14 +179,14 @@ def test_close_plan_finishes_an_all_successful_batch_from_its_announcement() -> 
     def closed(*kinds: str) -> bool:
         batch = HeldBatch(1, None, None, None, list(range(1, len(kinds) + 2)))  # type: ignore[arg-type]
         for i, kind in enumerate(kinds, 1):
-            batch.add(Outcome(_job(i), kind, None if kind == "ok" else "boom"))
-        batch.add(Outcome(_job(len(kinds) + 1), "ok"))
+            batch.add(_job(i) if kind == "ok" else Outcome(_job(i), kind, "boom"))
+        batch.add(_job(len(kinds) + 1))
         return close_plan(batch, stopping=False, started=set()).all_ok
 
     assert closed("ok", "ok"), "every job succeeded: sql/017's finish_held_ok, no ids sent"
     assert not closed("ok", "fail") and not closed("cancel", "ok"), "a failure or a cancellation is sent"
     unfinished = HeldBatch(2, None, None, None, [1, 2])  # type: ignore[arg-type]
-    unfinished.add(Outcome(_job(1), "ok"))
+    unfinished.add(_job(1))
     assert not close_plan(unfinished, stopping=False, started={2}).all_ok, "a running job becomes a lease"
 
 

@@ -54,3 +54,14 @@ async def test_a_description_asyncpg_refuses_is_replaced_by_the_servers_once(
     for _ in range(2):
         await roundtrip(db_url)
     assert asked == [[known_types.INT8_ARRAY, known_types.FLOAT8_ARRAY]]
+
+
+async def test_ids_sent_as_text_reach_the_server_as_the_same_bigint_array(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        for ids in ([], [7], [1, 2**62, 9_000_000_001, 3]):
+            assert await conn.fetchval("SELECT $1::text::bigint[]", known_types.id_array(ids)) == ids
+        with pytest.raises(asyncpg.InvalidTextRepresentationError):  # not an id: refused, not misread
+            await conn.fetchval("SELECT $1::text::bigint[]", known_types.id_array(["1}", 2]))  # type: ignore[list-item]
+    finally:
+        await conn.close()
