@@ -248,28 +248,28 @@ class Executor:
         spec = info.spec
         span = (tracing.start_job(job.trace_context, job.queue, job.task, job.id, job.attempt)
                 if type(job) is TracedJob else None)
-        outcome: Finished | None = None
+        finished: Finished | None = None
         error: BaseException | None = None
         try:
             if spec is None:
                 known = ", ".join(sorted(self.config.registry.tasks)) or "none"
-                outcome = Outcome(job, "fail", f"unknown task {job.task!r}: no handler is registered in this worker "
-                                  f"(known: {known}); register it with @shoal.task({job.task!r}) in a module "
-                                  "passed to --tasks", None)
+                finished = Outcome(job, "fail", f"unknown task {job.task!r}: no handler is registered in this worker "
+                                   f"(known: {known}); register it with @shoal.task({job.task!r}) in a module "
+                                   "passed to --tasks", None)
             else:
                 await self._timed(info.timeout, call(spec, job))
-                outcome = job
+                finished = job
         except asyncio.CancelledError:
             if not self._was_cancelled((job,)):
                 raise  # shutdown past the drain timeout: the job is released, not failed
-            outcome = Outcome(job, "cancel", "cancelled while running")
+            finished = Outcome(job, "cancel", "cancelled while running")
         except Exception as exc:
             error = exc
-            outcome = self.failure(job, exc)
+            finished = self.failure(job, exc)
         finally:
-            if span is not None:  # outcome None: released at shutdown
-                tracing.end_job(span, outcome, error)
-        return outcome
+            if span is not None:  # finished None: released at shutdown
+                tracing.end_job(span, finished, error)
+        return finished
 
     async def _timed(self, timeout: float | None, running: Awaitable[T]) -> T:
         """Await a handler's call under the job's timeout, kept by the same deadlines as the jobs
