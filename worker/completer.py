@@ -148,13 +148,12 @@ class Completer:
         counts: dict[tuple[Any, str], int] = {}
         claimed_pop, cancelling = self.shared.claimed.pop, self.shared.cancelling
         for o in batch:
+            claimed_pop(o.id, None)
             if not isinstance(o, Outcome):  # the job itself: it succeeded
-                claimed_pop(o.id, None)
                 task = o.task
                 succeeded[task] = succeeded.get(task, 0) + 1
                 continue
             job = o.job
-            claimed_pop(job.id, None)
             kind = "failed" if o.final_failure else ("retried" if o.kind == "fail" else o.kind)
             key = (metrics.JOBS_FAILED if kind == "failed" else metrics.JOBS_RETRIED if kind == "retried"
                    else metrics.JOBS_CANCELLED, job.task)

@@ -117,8 +117,7 @@ class Executor:
                 await asyncio.sleep(0)
             while not buffer:
                 streak = 0
-                if runs:
-                    runs, seconds = self._add_runs(runs, seconds)
+                runs, seconds = self._add_runs(runs, seconds)
                 if stopping.is_set():
                     return
                 parked = loop.create_future()
